@@ -1,0 +1,37 @@
+# `make run` and `make test` do all set-up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test lint system-packages bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/tierwatch run $(ARGS)
+
+system-packages:
+	.ci/install-system-packages
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# REQUIRE_TEST_TOOLS turns "tool missing, skip" into a failure: under `make test` everything runs.
+test: system-packages $(VENV)/.test-installed lint
+	REQUIRE_TEST_TOOLS=1 $(PY) -m pytest $(ARGS)
+
+bench: system-packages $(VENV)/.test-installed
+	.ci/install-system-packages prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter
+	$(PY) benchmarks/overhead.py host
+
+clean:
+	rm -rf $(VENV) build *.egg-info

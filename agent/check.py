@@ -1,0 +1,127 @@
+"""``tierwatch check``: collect for a short window, print each tier's USE figures, exit with a verdict."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agent import __version__
+from agent.config import Config
+from agent.scheduler import CollectorRunner
+from agent.store import Store
+from agent.wiring import build_collectors, register_secrets
+from collectors.base import Column, Reading, Unit
+
+EXIT_OK, EXIT_FOUND, EXIT_CANNOT_RUN = 0, 1, 2
+
+
+def format_value(value: float, unit: Unit) -> str:
+    if unit is Unit.RATIO:
+        return f"{value:.0%}"
+    if unit is Unit.PER_SECOND:
+        return f"{value:.3g}/s"
+    if unit is Unit.SECONDS:
+        return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
+    if unit is Unit.BYTES:
+        for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if value >= scale:
+                return f"{value / scale:.1f} {suffix}"
+        return f"{value:.0f} B"
+    return f"{value:.3g}"
+
+
+def _run_cycles(runners: list[CollectorRunner], duration: float) -> None:
+    """Two cycles ``duration`` apart (rates need a pair), each across all targets at once."""
+    with ThreadPoolExecutor(max_workers=max(1, len(runners))) as pool:
+        list(pool.map(CollectorRunner.run_cycle, runners))
+        time.sleep(duration)
+        list(pool.map(CollectorRunner.run_cycle, runners))
+
+
+def collect_report(config: Config, duration: float) -> dict[str, Any]:
+    register_secrets(config)
+    collectors = build_collectors(config)
+    store = Store()
+    runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
+    try:
+        _run_cycles(runners, duration)
+    finally:
+        for collector in collectors:
+            collector.close()
+    latest = {(sample.collector, sample.target): sample for sample in store.latest()}
+    statuses = store.statuses()
+    tiers = []
+    for collector, runner in zip(collectors, runners, strict=True):
+        status = statuses[runner.key]
+        sample = latest.get(runner.key)
+        row: dict[str, Any] = {
+            "tier": collector.tier,
+            "collector": collector.name,
+            "target": collector.target,
+            "up": status.up,
+            "error": None,
+        }
+        if status.last_error is not None:
+            row["error"] = {"reason": status.last_error[0].value, "detail": status.last_error[1]}
+        for column in Column:
+            row[column.value] = _readings(collector.readings, column, sample)
+        tiers.append(row)
+    return {"version": __version__, "duration_seconds": duration, "tiers": tiers, "bottlenecks": []}
+
+
+def _readings(readings: tuple[Reading, ...], column: Column, sample: Any) -> dict[str, dict[str, Any]]:
+    if sample is None:
+        return {}
+    shown = {}
+    for reading in readings:
+        if reading.column is column and (value := reading.value(sample)) is not None:
+            shown[reading.label] = {"value": value, "unit": reading.unit.value}
+    return shown
+
+
+def render_table(report: dict[str, Any]) -> str:
+    headers = ("TIER", "TARGET", "STATUS", "UTILIZATION", "SATURATION", "ERRORS")
+    rows = []
+    for tier in report["tiers"]:
+        status = "up" if tier["up"] else f"down: {tier['error']['reason']}" if tier["error"] else "down"
+        cells = [tier["tier"], f"{tier['collector']}/{tier['target']}", status]
+        for column in Column:
+            figures = tier[column.value]
+            cells.append(
+                "  ".join(
+                    f"{label} {format_value(f['value'], Unit(f['unit']))}" for label, f in figures.items()
+                )
+                or "-"
+            )
+        rows.append(cells)
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    for tier in report["tiers"]:
+        if tier["error"]:
+            lines.append(f"{tier['collector']}/{tier['target']}: {tier['error']['detail']}")
+    lines.append("")
+    if report["bottlenecks"]:
+        lines.append("Bottlenecks:")
+        lines.extend(
+            f"  {verdict['name']} ({verdict['target']}): {verdict['summary']}"
+            for verdict in report["bottlenecks"]
+        )
+    else:
+        lines.append("Bottlenecks: none found")
+    return "\n".join(lines)
+
+
+def run_check(config: Config, duration: float, *, as_json: bool) -> int:
+    report = collect_report(config, duration)
+    print(json.dumps(report, indent=2) if as_json else render_table(report), file=sys.stdout)
+    if report["bottlenecks"]:
+        return EXIT_FOUND
+    if not report["tiers"] or not all(tier["up"] for tier in report["tiers"]):
+        return EXIT_CANNOT_RUN
+    return EXIT_OK

@@ -1,0 +1,80 @@
+"""``tierwatch run``, ``tierwatch check`` and ``tierwatch --version``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import Config, ConfigError, load_config
+from agent.redact import ScrubbingFilter
+
+EXIT_OK, EXIT_FOUND, EXIT_CANNOT_RUN = 0, 1, 2
+log = logging.getLogger("tierwatch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tierwatch", description="Names the tier that is the bottleneck.")
+    parser.add_argument("--version", action="version", version=f"tierwatch {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("TIERWATCH_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = "YAML config file (default: $TIERWATCH_CONFIG, else this host plus what answers locally)"
+    run = commands.add_parser("run", help="run the agent")
+    run.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
+    run.add_argument("--listen", help="HOST:PORT for the HTTP server (default 127.0.0.1:10090)")
+    check = commands.add_parser("check", help="one-shot diagnosis of every configured tier")
+    check.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
+    check.add_argument("--duration", type=float, default=3.0, help="seconds to collect for (rates need two)")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ScrubbingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # APScheduler logs every job run at INFO; its warnings (missed runs) still come through.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def resolve_config(path: Path | None, listen: str | None = None) -> Config:
+    """The config file, or with none the embedded default: this host plus what answers locally."""
+    environ = dict(os.environ)
+    if listen is not None:
+        environ["TIERWATCH_LISTEN"] = listen
+    if path is not None:
+        return load_config(path, environ)
+    from agent.detect import detect_local
+
+    return load_config(None, environ, base=detect_local())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        setup_logging(args.log_level)
+    except ValueError:
+        print(f"tierwatch: unknown log level {args.log_level!r}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    try:
+        if args.command == "run":
+            from agent.run import run_agent
+
+            return run_agent(resolve_config(args.config, args.listen))
+        from agent.check import run_check
+
+        return run_check(resolve_config(args.config), args.duration, as_json=args.json)
+    except ConfigError as error:
+        print(f"tierwatch: configuration error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Reads the YAML file, applies ``TIERWATCH_`` environment overrides, validates, and reports problems.
+
+Error messages name the place (file, key path, environment variable) but never echo a value: a
+value may be a password.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agent.config.model import Config
+
+ENV_PREFIX = "TIERWATCH_"
+# Variables that steer the CLI rather than override a config field.
+NOT_FIELDS = frozenset({"TIERWATCH_CONFIG", "TIERWATCH_LOG_LEVEL"})
+LIST_SECTIONS = frozenset({"postgres", "pgbouncer", "redis", "app"})
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message lists every problem found."""
+
+
+def load_config(
+    path: Path | None, environ: Mapping[str, str] | None = None, base: Mapping[str, Any] | None = None
+) -> Config:
+    """The file at ``path`` (or ``base``, the embedded default, when there is none) plus overrides."""
+    raw = _read_yaml(path) if path is not None else _copy(dict(base or {}))
+    raw = apply_environment(raw, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        origin = str(path) if path is not None else "configuration"
+        raise ConfigError(f"{origin}: {describe_errors(error)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        # The marked snippet of the offending line could hold a secret: report the position only.
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({type(error).__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}")
+    return data
+
+
+def describe_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        where = _location(item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TIERWATCH_A__B__C=v`` sets key path a.b.c; in list sections the second part is an entry's
+    name (a new entry is made when none matches) or its index."""
+    merged = _copy(raw)
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in NOT_FIELDS:
+            continue
+        parts = [part.lower() for part in variable.removeprefix(ENV_PREFIX).split("__")]
+        if not all(parts):
+            raise ConfigError(f"environment variable {variable}: empty key part")
+        _set_path(merged, parts, _parse_value(environ[variable]), variable)
+    return merged
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    # Scalars stay strings (a password like "0123" must stay as it is); pydantic converts numbers and
+    # booleans in lax mode. Lists and mappings use YAML flow syntax: [a, b] or {k: v}.
+    if text.startswith(("[", "{")):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+    return text
+
+
+def _set_path(node: dict[str, Any], parts: list[str], value: Any, variable: str) -> None:
+    section, rest = parts[0], parts[1:]
+    if section in LIST_SECTIONS and rest:
+        entries = node.get(section)
+        if entries is None:
+            entries = node[section] = []
+        if not isinstance(entries, list):
+            raise ConfigError(f"environment variable {variable}: section {section} is not a list")
+        node, rest = _list_entry(entries, rest[0]), rest[1:]
+        if not rest:
+            raise ConfigError(f"environment variable {variable}: names an entry but no field")
+    else:
+        rest = parts
+    for key in rest[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[rest[-1]] = value
+
+
+def _list_entry(entries: list[Any], selector: str) -> dict[str, Any]:
+    if selector.isdigit() and int(selector) < len(entries) and isinstance(entries[int(selector)], dict):
+        return entries[int(selector)]
+    wanted = selector.replace("-", "_")
+    for entry in entries:
+        if isinstance(entry, dict) and str(entry.get("name", "")).lower().replace("-", "_") == wanted:
+            return entry
+    entry = {"name": selector}
+    entries.append(entry)
+    return entry

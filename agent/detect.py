@@ -1,0 +1,59 @@
+"""Finds PostgreSQL and Redis answering on their default local addresses, for the no-config default.
+
+A bare TCP connect would also succeed against any other service on the port, so each probe speaks the
+first step of the real protocol: PostgreSQL's SSLRequest (answered with one byte, S or N) and Redis's
+PING (answered with +PONG, or -NOAUTH when a password is required).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tierwatch.detect")
+POSTGRES_SOCKET = Path("/var/run/postgresql/.s.PGSQL.5432")
+POSTGRES_TCP = ("127.0.0.1", 5432)
+REDIS_TCP = ("127.0.0.1", 6379)
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+PROBE_TIMEOUT = 0.5
+
+
+def _exchange(family: int, address: Any, request: bytes) -> bytes:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as connection:
+            connection.settimeout(PROBE_TIMEOUT)
+            connection.connect(address)
+            connection.sendall(request)
+            return connection.recv(64)
+    except OSError:
+        return b""
+
+
+def postgres_answers(family: int, address: Any) -> bool:
+    return _exchange(family, address, SSL_REQUEST)[:1] in (b"S", b"N")
+
+
+def redis_answers(address: tuple[str, int]) -> bool:
+    return _exchange(socket.AF_INET, address, b"PING\r\n").startswith((b"+PONG", b"-NOAUTH"))
+
+
+def detect_local() -> dict[str, Any]:
+    """Config sections for what answers locally; logs what was and was not found."""
+    found: dict[str, Any] = {}
+    if POSTGRES_SOCKET.exists() and postgres_answers(socket.AF_UNIX, str(POSTGRES_SOCKET)):
+        found["postgres"] = [{"name": "local", "dsn": f"host={POSTGRES_SOCKET.parent} dbname=postgres"}]
+        log.info("auto-detected PostgreSQL on the local socket %s", POSTGRES_SOCKET)
+    elif postgres_answers(socket.AF_INET, POSTGRES_TCP):
+        found["postgres"] = [{"name": "local", "dsn": "host=127.0.0.1 port=5432 dbname=postgres"}]
+        log.info("auto-detected PostgreSQL at %s:%d", *POSTGRES_TCP)
+    else:
+        log.info("no PostgreSQL answered at %s or %s:%d", POSTGRES_SOCKET, *POSTGRES_TCP)
+    if redis_answers(REDIS_TCP):
+        found["redis"] = [{"name": "local", "url": "redis://{}:{}/0".format(*REDIS_TCP)}]
+        log.info("auto-detected Redis at %s:%d", *REDIS_TCP)
+    else:
+        log.info("no Redis answered at %s:%d", *REDIS_TCP)
+    return found

@@ -1,0 +1,121 @@
+"""A short window of samples per target, plus each target's collection status.
+
+The exporter reads the latest sample of every target that is up; the classifier reads windows. The
+window spans ``window_seconds`` with at most ``capacity`` samples: older samples are kept at least
+``window_seconds / capacity`` apart, so memory stays bounded at a 1 s interval as at a 60 s one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from collectors.base import Reason, Sample
+
+TargetKey = tuple[str, str]  # (collector, target)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    up: bool = False
+    cycles: int = 0
+    duration_seconds: float | None = None
+    last_success_timestamp: float | None = None
+    errors_total: Mapping[Reason, int] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(Reason, 0))
+    )
+    last_error: tuple[Reason, str] | None = None
+
+
+class Ring:
+    def __init__(self, window_seconds: float, capacity: int) -> None:
+        self._spacing = window_seconds / capacity
+        self._window_seconds = window_seconds
+        self._samples: deque[Sample] = deque(maxlen=capacity)
+
+    def add(self, sample: Sample) -> None:
+        samples = self._samples
+        # The newest sample is always kept; it replaces its predecessor when that one is too close to
+        # the sample before it to be worth keeping as history.
+        if len(samples) >= 2 and samples[-1].timestamp - samples[-2].timestamp < self._spacing:
+            samples[-1] = sample
+        else:
+            samples.append(sample)
+        while samples and sample.timestamp - samples[0].timestamp > self._window_seconds:
+            samples.popleft()
+
+    def snapshot(self) -> tuple[Sample, ...]:
+        return tuple(self._samples)
+
+
+class Store:
+    def __init__(self, window_seconds: float = 900.0, capacity: int = 90) -> None:
+        self._window_seconds = window_seconds
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._rings: dict[TargetKey, Ring] = {}
+        self._latest: dict[TargetKey, Sample] = {}
+        self._status: dict[TargetKey, TargetStatus] = {}
+        self.version = 0
+
+    def register(self, collector: str, target: str) -> None:
+        with self._lock:
+            self._status.setdefault((collector, target), TargetStatus())
+            self.version += 1
+
+    def record_success(self, sample: Sample, duration: float) -> None:
+        key = (sample.collector, sample.target)
+        with self._lock:
+            ring = self._rings.get(key)
+            if ring is None:
+                ring = self._rings[key] = Ring(self._window_seconds, self._capacity)
+            ring.add(sample)
+            self._latest[key] = sample
+            status = self._status.get(key, TargetStatus())
+            self._status[key] = replace(
+                status,
+                up=True,
+                cycles=status.cycles + 1,
+                duration_seconds=duration,
+                last_success_timestamp=sample.timestamp,
+                last_error=None,
+            )
+            self.version += 1
+
+    def record_failure(self, key: TargetKey, reason: Reason, detail: str, duration: float) -> None:
+        with self._lock:
+            # A target that is down exports no tier series: stale values would read as current.
+            self._latest.pop(key, None)
+            status = self._status.get(key, TargetStatus())
+            errors = dict(status.errors_total)
+            errors[reason] += 1
+            self._status[key] = replace(
+                status,
+                up=False,
+                cycles=status.cycles + 1,
+                duration_seconds=duration,
+                errors_total=MappingProxyType(errors),
+                last_error=(reason, detail),
+            )
+            self.version += 1
+
+    def latest(self) -> list[Sample]:
+        with self._lock:
+            return list(self._latest.values())
+
+    def window(self, collector: str, target: str) -> tuple[Sample, ...]:
+        with self._lock:
+            ring = self._rings.get((collector, target))
+            return ring.snapshot() if ring else ()
+
+    def statuses(self) -> dict[TargetKey, TargetStatus]:
+        with self._lock:
+            return dict(self._status)
+
+    def ready(self) -> bool:
+        """True once every registered target has finished at least one cycle."""
+        with self._lock:
+            return bool(self._status) and all(status.cycles > 0 for status in self._status.values())

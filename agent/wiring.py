@@ -1,0 +1,68 @@
+"""Builds collectors from the configuration, importing each tier's client library only when needed.
+
+The kubernetes client alone costs megabytes of memory, so tier modules are imported by name here,
+once their section is configured, never at the top of the agent.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+
+from agent.config import Config, ConfigError
+from agent.redact import REDACTOR, passwords_in
+from collectors.base import Collector
+
+# section -> (module, factory taking (config, entry) and returning a collector)
+LIST_SECTIONS: dict[str, str] = {
+    "postgres": "collectors.postgres",
+    "pgbouncer": "collectors.pgbouncer",
+    "redis": "collectors.redis",
+}
+
+
+def register_secrets(config: Config) -> None:
+    for section in ("postgres", "pgbouncer", "redis"):
+        for entry in getattr(config, section):
+            connection = (entry.dsn if section != "redis" else entry.url).get_secret_value()
+            REDACTOR.register(passwords_in(connection))
+            if entry.password is not None:
+                REDACTOR.register([entry.password.get_secret_value()])
+
+
+def _factory(module_name: str) -> Callable[[Config, Any], Collector]:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        raise ConfigError(f"{module_name.rpartition('.')[2]}: this build has no such collector yet") from None
+    return module.build
+
+
+def build_collectors(config: Config) -> list[Collector]:
+    return list(_collectors(config))
+
+
+def _collectors(config: Config) -> Iterator[Collector]:
+    if config.host.procfs.as_posix() != "/proc":
+        # psutil reads one procfs for the whole process; the agent has one host, so one path.
+        psutil.PROCFS_PATH = str(config.host.procfs)
+    if config.host.enabled:
+        from collectors.host import HostCollector
+
+        host = config.host
+        yield HostCollector(host.name, host.procfs, host.sysfs, host.cgroupfs)
+    for section, module_name in LIST_SECTIONS.items():
+        entries = getattr(config, section)
+        if entries:
+            build = _factory(module_name)
+            yield from (build(config, entry) for entry in entries)
+    for app in config.app:
+        if app.process:
+            from collectors.app import AppCollector
+
+            yield AppCollector(app.name, app.process)

@@ -1,0 +1,32 @@
+"""Per-cycle deltas of monotonic counters, computed by the collector itself.
+
+psutil's cpu_percent and similar keep hidden per-call state that is unsafe under a thread pool; a
+collector owns one ``Deltas`` and asks it for the change of each counter since its previous cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+
+class Deltas:
+    def __init__(self) -> None:
+        self._previous: dict[Hashable, float] = {}
+        self._current: dict[Hashable, float] = {}
+        self._previous_time: float | None = None
+
+    def begin(self, now: float) -> float | None:
+        """Starts a cycle at monotonic time ``now``; returns the seconds since the previous cycle."""
+        elapsed = None if self._previous_time is None else now - self._previous_time
+        self._previous_time = now
+        # Counters not seen this cycle (a vanished disk, an exited process) are forgotten.
+        self._previous, self._current = self._current, {}
+        return elapsed if elapsed is not None and elapsed > 0 else None
+
+    def delta(self, key: Hashable, value: float) -> float | None:
+        """The increase since the previous cycle; None on first sight or after a counter reset."""
+        self._current[key] = value
+        previous = self._previous.get(key)
+        if previous is None or value < previous:
+            return None
+        return value - previous

@@ -1,0 +1,141 @@
+"""Helpers shared by the tests: free ports, tool lookup, /metrics parsing, and the agent as a process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+# `make test` sets this: a missing tool is then a failure, not a skip.
+REQUIRE_TOOLS = os.environ.get("REQUIRE_TEST_TOOLS") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def require_tool(name: str, *candidates: str) -> str:
+    """The path of a tool the test needs; skips (fails under `make test`) when it is missing."""
+    for candidate in (*candidates, shutil.which(name)):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    message = f"{name} is not installed (`make test` installs it)"
+    if REQUIRE_TOOLS:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Series:
+    series: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return series
+
+
+def value(series: Series, name: str, **labels: str) -> float | None:
+    """The value of the one series with exactly these labels, or None."""
+    return series.get((name, frozenset(labels.items())))
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+class AgentProcess:
+    """``tierwatch run`` as a child process with a config written from a dict."""
+
+    def __init__(
+        self, tmp_path: Path, config: Mapping[str, Any], env: Mapping[str, str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.config_path = tmp_path / "tierwatch.yaml"
+        self.config_path.write_text(yaml.safe_dump(dict(config)))
+        self.log_path = tmp_path / "agent.log"
+        self._env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> AgentProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--config",
+            str(self.config_path),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, env=self._env, stdout=log, stderr=log)
+        self.wait_for(lambda: http_get(f"{self.url}/healthz", 1)[0] == 200, "healthz")
+        if wait_ready:
+            self.wait_for(lambda: http_get(f"{self.url}/readyz", 1)[0] == 200, "readyz")
+        return self
+
+    def wait_for(self, condition: Any, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            assert self.process.poll() is None, f"agent exited:\n{self.log()}"
+            try:
+                if condition():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"agent: no {what} within {timeout} s\n{self.log()}")
+
+    def metrics_text(self) -> str:
+        status, body = http_get(f"{self.url}/metrics")
+        assert status == 200
+        return body.decode()
+
+    def metrics(self) -> Series:
+        return parse_metrics(self.metrics_text())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
