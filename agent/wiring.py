@@ -16,12 +16,14 @@ from agent.config import Config, ConfigError
 from agent.redact import REDACTOR, passwords_in
 from collectors.base import Collector
 
-# section -> (module, factory taking (config, entry) and returning a collector)
+# Each tier module exposes ``build(config, entry) -> Collector``.
 LIST_SECTIONS: dict[str, str] = {
     "postgres": "collectors.postgres",
     "pgbouncer": "collectors.pgbouncer",
     "redis": "collectors.redis",
+    "app": "collectors.app",
 }
+KUBERNETES_MODULE = "collectors.kubernetes"
 
 
 def register_secrets(config: Config) -> None:
@@ -61,8 +63,5 @@ def _collectors(config: Config) -> Iterator[Collector]:
         if entries:
             build = _factory(module_name)
             yield from (build(config, entry) for entry in entries)
-    for app in config.app:
-        if app.process:
-            from collectors.app import AppCollector
-
-            yield AppCollector(app.name, app.process)
+    if config.kubernetes.enabled:
+        yield _factory(KUBERNETES_MODULE)(config, config.kubernetes)

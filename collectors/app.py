@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import psutil
 
+from agent.config import ConfigError
+from agent.config.model import AppTarget, Config
 from collectors.base import Collector, CollectorError, Column, Kind, MetricSpec, Reading, Reason, Sample, Unit
 from collectors.deltas import Deltas
 
@@ -45,10 +47,7 @@ class AppCollector(Collector):
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(target)
-        try:
-            self._pattern = re.compile(process)
-        except re.error as error:
-            raise ValueError(f"app {target}: process is not a valid regular expression: {error}") from None
+        self._pattern = re.compile(process)
         self._clock = clock
         self._wall_clock = wall_clock
         self._deltas = Deltas()
@@ -90,3 +89,9 @@ class AppCollector(Collector):
             out.set("app_process_cpu_cores", cpu_seconds / elapsed)
             out.set("app_process_cpu_ratio", cpu_seconds / elapsed / self._cpus)
         return out.build(self.name, self.target, self._wall_clock())
+
+
+def build(_config: Config, entry: AppTarget) -> AppCollector:
+    if not entry.process:
+        raise ConfigError(f"app {entry.name}: metrics_url scraping is not in this build yet; set process")
+    return AppCollector(entry.name, entry.process)

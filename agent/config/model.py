@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -54,12 +55,23 @@ class RedisTarget(SecretTarget):
 
 
 class AppTarget(Target):
+    # A regular expression searched in process names, then in command lines.
     process: str | None = None
     metrics_url: str | None = None
     requests_metric: str | None = None
     latency_metric: str | None = None
     pool_size: Annotated[int, Field(gt=0)] | None = None
     hpa: str | None = None
+
+    @field_validator("process")
+    @classmethod
+    def _process_is_a_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
 
 
 class HostSection(Section):
