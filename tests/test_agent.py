@@ -1,0 +1,103 @@
+"""The agent as users run it: `tierwatch run` in a child process, its endpoints and its shutdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import __version__
+from tests.support import REPO, AgentProcess, http_get, require_tool, value
+
+BURNER_TAG = "tierwatch-test-app-burner"
+
+
+@pytest.fixture
+def app_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process standing in for the app on a shared host: it burns CPU for at most 20 s."""
+    code = f"import time\nend = time.time() + 20  # {BURNER_TAG}\nwhile time.time() < end: pass\n"
+    process = subprocess.Popen([sys.executable, "-c", code])
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, app_process: subprocess.Popen[bytes]) -> Iterator[AgentProcess]:
+    assert app_process.poll() is None, "the app stand-in must be running before the agent starts"
+    config = {"interval": 0.5, "host": {"name": "node-a"}, "app": [{"name": "api", "process": BURNER_TAG}]}
+    with AgentProcess(tmp_path, config) as running:
+        yield running
+
+
+def test_metrics_pass_promtool(agent: AgentProcess) -> None:
+    promtool = require_tool("promtool", "/usr/bin/promtool")
+    agent.wait_for(lambda: value(agent.metrics(), "tierwatch_app_process_cpu_ratio", target="api"), "app cpu")
+    text = agent.metrics_text()
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+    assert "Value as of the last collection cycle." in text
+
+
+def test_metrics_content(agent: AgentProcess) -> None:
+    agent.wait_for(lambda: value(agent.metrics(), "tierwatch_app_process_cpu_ratio", target="api"), "app cpu")
+    series = agent.metrics()
+    assert value(series, "tierwatch_collector_up", collector="host", target="node-a") == 1
+    assert value(series, "tierwatch_collector_up", collector="app", target="api") == 1
+    assert value(series, "tierwatch_build_info", version=__version__) == 1
+    assert value(series, "tierwatch_app_processes", target="api") == 1
+    # one busy-looping process: close to one core's worth of the host's CPUs
+    cores = value(series, "tierwatch_app_process_cpu_cores", target="api")
+    assert cores is not None
+    assert 0.5 < cores <= 1.1
+    assert value(series, "tierwatch_app_process_resident_memory_bytes", target="api") > 1_000_000
+    cpu = value(series, "tierwatch_host_cpu_utilization_ratio", target="node-a")
+    assert cpu is not None
+    assert 0 < cpu <= 1
+    errors = [v for (name, _), v in series.items() if name == "tierwatch_collector_errors_total"]
+    assert len(errors) == 2 * 6  # every reason of both targets, all zero
+    assert not any(errors)
+
+
+def test_health_readiness_and_alerts(agent: AgentProcess) -> None:
+    assert http_get(f"{agent.url}/healthz") == (200, b"ok\n")
+    assert http_get(f"{agent.url}/readyz") == (200, b"ready\n")
+    status, body = http_get(f"{agent.url}/api/v1/alerts")
+    assert status == 200
+    assert json.loads(body) == []
+    assert http_get(f"{agent.url}/nope")[0] == 404
+
+
+def test_start_up_log_names_what_is_monitored(agent: AgentProcess) -> None:
+    log = agent.log()
+    assert "collector host: monitoring host node-a (procfs /proc" in log
+    assert f"collector app: monitoring app api (processes matching '{BURNER_TAG}')" in log
+
+
+def test_sigterm_stops_cleanly_within_5_seconds(agent: AgentProcess) -> None:
+    started = time.monotonic()
+    assert agent.stop() == 0
+    assert time.monotonic() - started < 5
+    assert "stopped" in agent.log()
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--version"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == f"tierwatch {__version__}"
+
+
+def test_listen_address_in_use_exits_2(agent: AgentProcess) -> None:
+    command = [sys.executable, "-m", "agent.cli", "run", "--listen", f"127.0.0.1:{agent.port}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{agent.port}" in result.stderr

@@ -1,0 +1,165 @@
+"""Configuration: a good file, each kind of bad file (exit 2, message naming the problem), overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent.config import ConfigError, load_config
+from tests.support import REPO
+
+SECRET = "Sup3r-S3cret-pw"
+GOOD = f"""
+listen: 0.0.0.0:10091
+interval: 2
+host:
+  name: node-a
+  procfs: /host/proc
+postgres:
+  - name: orders
+    dsn: "host=db.internal port=5432 dbname=orders user=tierwatch password={SECRET}"
+    vcpus: 8
+redis:
+  - name: sessions
+    url: redis://cache.internal:6379/0
+app:
+  - name: api
+    process: gunicorn
+    pool_size: 20
+    hpa: api
+kubernetes:
+  enabled: true
+  namespace: shop
+  hpas: [api]
+alertmanager:
+  urls: [http://alertmanager:9093]
+rules:
+  DatabaseBound:
+    for: 30
+    load_per_vcpu: 0.8
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tierwatch.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_check(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "check",
+        "--config",
+        str(config),
+        "--duration",
+        "0.2",
+        *extra,
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_good_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), environ={})
+    assert config.listen == "0.0.0.0:10091"
+    assert config.interval == 2.0
+    assert config.cycle_timeout == pytest.approx(1.6)
+    assert config.host.procfs == Path("/host/proc")
+    assert config.postgres[0].name == "orders"
+    assert config.postgres[0].vcpus == 8
+    assert config.postgres[0].dsn.get_secret_value().endswith(SECRET)
+    assert config.app[0].pool_size == 20
+    assert config.kubernetes.hpas == ("api",)
+    assert config.rules["DatabaseBound"].for_ == 30
+    assert config.rules["DatabaseBound"].thresholds == {"load_per_vcpu": 0.8}
+    assert SECRET not in repr(config)
+    assert SECRET not in str(config.model_dump())
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), environ={})
+    with pytest.raises(ValidationError):
+        config.interval = 1  # type: ignore[misc]
+
+
+def test_environment_overrides_fields_and_entries(tmp_path: Path) -> None:
+    environ = {
+        "TIERWATCH_INTERVAL": "7",
+        "TIERWATCH_HOST__NAME": "node-b",
+        "TIERWATCH_POSTGRES__ORDERS__VCPUS": "16",
+        "TIERWATCH_REDIS__CACHE2__URL": "redis://127.0.0.1:6380/0",
+        "TIERWATCH_ALERTMANAGER__URLS": "[http://a:9093, http://b:9093]",
+        "TIERWATCH_POSTGRES__ORDERS__PASSWORD": "0123",
+    }
+    config = load_config(write(tmp_path, GOOD), environ=environ)
+    assert config.interval == 7.0
+    assert config.host.name == "node-b"
+    assert config.postgres[0].vcpus == 16
+    assert [entry.name for entry in config.redis] == ["sessions", "cache2"]
+    assert config.alertmanager.urls == ("http://a:9093", "http://b:9093")
+    # stays a string: a password of digits must not turn into a number
+    assert config.postgres[0].password is not None
+    assert config.postgres[0].password.get_secret_value() == "0123"
+
+
+def test_password_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_text(f"{SECRET}\n")
+    text = f"redis:\n  - name: r\n    url: redis://127.0.0.1:6379\n    password_file: {secret_file}\n"
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.redis[0].password is not None
+    assert config.redis[0].password.get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("interval: [1, 2\nhost: {}\n", "YAML syntax error at line"),
+        ("host:\n  procf: /proc\n", "host.procf: unknown key"),
+        ("redis:\n  - name: r\n    urll: redis://x\n", "redis[0].urll: unknown key"),
+        ("interval: often\n", "interval: Input should be a valid number"),
+        ("interval: -1\n", "interval: Input should be greater than 0"),
+        ("listen: nowhere\n", "listen: listen must be HOST:PORT"),
+        ("postgres:\n  - name: p\n", "postgres[0].dsn: required key is missing"),
+        ("redis:\n  - name: r\n    password_file: /nonexistent/pw\n", "password_file /nonexistent/pw"),
+        ("rules:\n  DatabaseBoundd: {}\n", "unknown rule DatabaseBoundd"),
+        ("app:\n  - name: api\n    process: '(unclosed'\n", "app[0].process: not a valid regular expression"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_problem(tmp_path: Path, text: str, problem: str) -> None:
+    result = run_check(write(tmp_path, text))
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    result = run_check(tmp_path / "absent.yaml")
+    assert result.returncode == 2
+    assert "absent.yaml: cannot read" in result.stderr
+
+
+def test_password_in_dsn_never_appears_in_errors(tmp_path: Path) -> None:
+    # The YAML error sits on the line holding the password: the message gives the position only.
+    broken = f'postgres:\n  - name: p\n    dsn: "host=x password={SECRET}" extra: [\n'
+    result = run_check(write(tmp_path, broken))
+    assert result.returncode == 2
+    assert "YAML syntax error" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    # A type error on the DSN itself must not echo the value either.
+    wrong_type = f"postgres:\n  - name: p\n    dsn: {{password: {SECRET}}}\n"
+    result = run_check(write(tmp_path, wrong_type))
+    assert result.returncode == 2
+    assert "postgres[0].dsn" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_unknown_environment_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="intervall: unknown key"):
+        load_config(write(tmp_path, "host: {}\n"), environ={"TIERWATCH_INTERVALL": "5"})

@@ -1,0 +1,179 @@
+"""The host collector on recorded /proc trees (exact values) and on this machine's real /proc.
+
+Each tree under tests/data/proc has two snapshots, t0 and t1, taken 10 s apart; the collector reads
+a working copy that is switched from t0 to t1 between its two cycles.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from collectors.base import CollectorError, Reason, Sample
+from collectors.host import HostCollector
+
+DATA = Path(__file__).parent / "data" / "proc"
+GAP_SECONDS = 10.0
+
+
+class Snapshots:
+    def __init__(self, tree: str, workdir: Path) -> None:
+        self.source = DATA / tree
+        self.root = workdir / "live"
+        self.now = 1000.0
+
+    def load(self, snapshot: str) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.copytree(self.source / snapshot, self.root)
+
+    def collector(self) -> HostCollector:
+        return HostCollector(
+            "node-a",
+            self.root / "proc",
+            self.root / "sys",
+            self.root / "cgroup",
+            clock=lambda: self.now,
+            wall_clock=lambda: 1_795_000_000.0 + self.now,
+        )
+
+    def two_cycles(self) -> tuple[Sample, Sample]:
+        self.load("t0")
+        collector = self.collector()
+        first = collector.collect()
+        self.load("t1")
+        self.now += GAP_SECONDS
+        return first, collector.collect()
+
+
+def cycles(tree: str, tmp_path: Path) -> tuple[Sample, Sample]:
+    return Snapshots(tree, tmp_path).two_cycles()
+
+
+def test_swapping_host_with_psi(tmp_path: Path) -> None:
+    _, sample = cycles("swapping", tmp_path)
+    expected = {
+        ("host_cpus", ()): 4,
+        ("host_procs_running", ()): 3,
+        ("host_procs_blocked", ()): 5,
+        # busy = user+nice+system+irq+softirq+steal; guest is already inside user and not added again
+        ("host_cpu_utilization_ratio", ()): 1600 / 4000,
+        ("host_cpu_iowait_ratio", ()): 800 / 4000,
+        ("host_cpu_busiest_core_utilization_ratio", ()): 0.7,
+        ("host_cpu_busiest_core_iowait_ratio", ()): 0.4,
+        ("host_load1_per_cpu", ()): 1.5,
+        ("host_load5_per_cpu", ()): 1.0,
+        ("host_load15_per_cpu", ()): 0.5,
+        ("host_memory_total_bytes", ()): 8_000_000 * 1024,
+        ("host_memory_available_bytes", ()): 400_000 * 1024,
+        ("host_memory_used_ratio", ()): 0.95,
+        ("host_swap_total_bytes", ()): 2_000_000 * 1024,
+        ("host_swap_used_ratio", ()): 0.75,
+        ("host_swap_in_pages_per_second", ()): 500,
+        ("host_swap_out_pages_per_second", ()): 200,
+        ("host_major_page_faults_per_second", ()): 300,
+        ("host_disk_busy_ratio", ("sda",)): 0.95,
+        ("host_disk_average_wait_seconds", ("sda",)): 3.2 / 400,
+        ("host_disk_busy_ratio", ("nvme0n1",)): 0.0,
+        ("host_disk_average_wait_seconds", ("nvme0n1",)): 0.0,
+        ("host_network_receive_errors_total", ("eth0",)): 5,
+        ("host_network_receive_drops_total", ("eth0",)): 14,
+        ("host_network_transmit_errors_total", ("eth0",)): 1,
+        ("host_network_transmit_drops_total", ("eth0",)): 2,
+        ("host_pressure_stall_avg10_ratio", ("cpu", "some")): 0.05,
+        ("host_pressure_stall_avg10_ratio", ("cpu", "full")): 0.0,
+        ("host_pressure_stall_avg10_ratio", ("memory", "some")): 0.425,
+        ("host_pressure_stall_avg10_ratio", ("memory", "full")): 0.2,
+        ("host_pressure_stall_avg10_ratio", ("io", "some")): 0.3,
+        ("host_pressure_stall_avg10_ratio", ("io", "full")): 0.25,
+        ("host_pressure_stalled_seconds_total", ("cpu", "some")): 1.5,
+        ("host_pressure_stalled_seconds_total", ("cpu", "full")): 0.0,
+        ("host_pressure_stalled_seconds_total", ("memory", "some")): 6.25,
+        ("host_pressure_stalled_seconds_total", ("memory", "full")): 3.0,
+        ("host_pressure_stalled_seconds_total", ("io", "some")): 6.0,
+        ("host_pressure_stalled_seconds_total", ("io", "full")): 5.0,
+        # the root cgroup has no quota and no cpu controller stats: usage only
+        ("host_cgroup_cpu_usage_seconds_total", ()): 500.0,
+    }
+    assert dict(sample.values) == pytest.approx(expected)
+    assert sample.target == "node-a"
+    assert sample.timestamp == 1_795_000_000.0 + 1010.0
+
+
+def test_recorded_values_agree_with_each_other(tmp_path: Path) -> None:
+    """The PSI totals advance by exactly what the avg10 figures claim over the 10 s between snapshots."""
+    first, second = cycles("swapping", tmp_path)
+    for (name, labels), total in second.series("host_pressure_stalled_seconds_total").items():
+        stalled_share = (total - first.values[("host_pressure_stalled_seconds_total", (name, labels))]) / 10
+        assert stalled_share == pytest.approx(
+            second.values[("host_pressure_stall_avg10_ratio", (name, labels))]
+        )
+
+
+def test_first_cycle_reports_levels_but_no_rates(tmp_path: Path) -> None:
+    first, _ = cycles("swapping", tmp_path)
+    assert first.get("host_memory_used_ratio") == pytest.approx(1 - 2_000_000 / 8_000_000)
+    for rate in ("host_cpu_utilization_ratio", "host_swap_in_pages_per_second", "host_disk_busy_ratio"):
+        assert not first.series(rate), rate
+
+
+def test_kernel_without_psi_or_swap_reports_no_such_series(tmp_path: Path) -> None:
+    _, sample = cycles("no-psi", tmp_path)
+    names = {name for name, _ in sample.values}
+    assert not any(name.startswith("host_pressure") for name in names)
+    assert not any(name.startswith("host_cgroup") for name in names)  # pure cgroup v1 membership
+    assert "host_swap_used_ratio" not in names  # no swap: a zero denominator gives no ratio
+    assert sample.get("host_swap_total_bytes") == 0
+    assert sample.get("host_swap_in_pages_per_second") == 0
+    assert sample.get("host_cpu_utilization_ratio") == pytest.approx(20 / 1000)
+    assert sample.get("host_cpu_iowait_ratio") == pytest.approx(5 / 1000)
+
+
+def test_throttled_container(tmp_path: Path) -> None:
+    _, sample = cycles("throttled", tmp_path)
+    assert sample.get("host_cgroup_cpu_limit_cores") == 1.0
+    assert sample.get("host_cgroup_cpu_usage_seconds_total") == 9.0
+    assert sample.get("host_cgroup_cpu_periods_total") == 1100
+    assert sample.get("host_cgroup_cpu_throttled_periods_total") == 160
+    assert sample.get("host_cgroup_cpu_throttled_seconds_total") == 8.0
+    assert sample.get("host_cgroup_cpu_throttled_periods_ratio") == pytest.approx(60 / 100)
+    assert sample.get("host_cgroup_cpu_limit_utilization_ratio") == pytest.approx(8.0 / 10 / 1.0)
+    assert sample.get("host_pressure_stall_avg10_ratio", "cpu", "some") == pytest.approx(0.6)
+
+
+def test_malformed_file_is_a_parse_error_naming_it(tmp_path: Path) -> None:
+    snapshots = Snapshots("swapping", tmp_path)
+    snapshots.load("t0")
+    (snapshots.root / "proc" / "meminfo").write_text("MemTotal: lots kB\n")
+    with pytest.raises(CollectorError) as caught:
+        snapshots.collector().collect()
+    assert caught.value.reason is Reason.PARSE
+    assert "meminfo" in caught.value.detail
+
+
+def test_missing_procfs_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(CollectorError, match="is procfs mounted there"):
+        HostCollector("x", tmp_path / "nothing").collect()
+
+
+def test_real_proc() -> None:
+    collector = HostCollector("this-host")
+    collector.collect()
+    time.sleep(0.3)
+    sample = collector.collect()
+    assert sample.get("host_cpus") == os.cpu_count()
+    assert sample.get("host_memory_total_bytes") == psutil.virtual_memory().total
+    for name in ("host_cpu_utilization_ratio", "host_cpu_iowait_ratio", "host_memory_used_ratio"):
+        value = sample.get(name)
+        assert value is not None, name
+        assert 0.0 <= value <= 1.0
+    busiest = sample.get("host_cpu_busiest_core_utilization_ratio")
+    assert busiest is not None
+    assert busiest >= sample.get("host_cpu_utilization_ratio")  # type: ignore[operator]
+    has_psi = Path("/proc/pressure/memory").exists()
+    assert bool(sample.series("host_pressure_stall_avg10_ratio")) == has_psi
+    assert all(not device.startswith(("loop", "ram")) for (device,) in sample.series("host_disk_busy_ratio"))
