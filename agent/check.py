@@ -9,28 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent import __version__
+from agent.alerting import configured_rules
 from agent.config import Config
 from agent.scheduler import CollectorRunner
 from agent.store import Store
 from agent.wiring import build_collectors, register_secrets
+from alerts.classifier import classify
+from alerts.present import verdict_json
+from alerts.table import SIGNALS
 from collectors.base import Column, Reading, Unit
 
 EXIT_OK, EXIT_FOUND, EXIT_CANNOT_RUN = 0, 1, 2
-
-
-def format_value(value: float, unit: Unit) -> str:
-    if unit is Unit.RATIO:
-        return f"{value:.0%}"
-    if unit is Unit.PER_SECOND:
-        return f"{value:.3g}/s"
-    if unit is Unit.SECONDS:
-        return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
-    if unit is Unit.BYTES:
-        for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-            if value >= scale:
-                return f"{value / scale:.1f} {suffix}"
-        return f"{value:.0f} B"
-    return f"{value:.3g}"
 
 
 def _run_cycles(runners: list[CollectorRunner], duration: float) -> None:
@@ -43,6 +32,7 @@ def _run_cycles(runners: list[CollectorRunner], duration: float) -> None:
 
 def collect_report(config: Config, duration: float) -> dict[str, Any]:
     register_secrets(config)
+    rules = configured_rules(config)
     collectors = build_collectors(config)
     store = Store()
     runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
@@ -69,7 +59,15 @@ def collect_report(config: Config, duration: float) -> dict[str, Any]:
         for column in Column:
             row[column.value] = _readings(collector.readings, column, sample)
         tiers.append(row)
-    return {"version": __version__, "duration_seconds": duration, "tiers": tiers, "bottlenecks": []}
+    # A one-shot diagnosis reports what holds now; the `for` durations are the running agent's business.
+    verdicts = [verdict_json(v, config.runbook_base_url) for v in classify(store.windows(), rules, SIGNALS)]
+    return {
+        "version": __version__,
+        "duration_seconds": duration,
+        "tiers": tiers,
+        "bottlenecks": [v for v in verdicts if v["verdict"] == "holds"],
+        "unknown": [v for v in verdicts if v["verdict"] == "unknown"],
+    }
 
 
 def _readings(readings: tuple[Reading, ...], column: Column, sample: Any) -> dict[str, dict[str, Any]]:
@@ -91,9 +89,7 @@ def render_table(report: dict[str, Any]) -> str:
         for column in Column:
             figures = tier[column.value]
             cells.append(
-                "  ".join(
-                    f"{label} {format_value(f['value'], Unit(f['unit']))}" for label, f in figures.items()
-                )
+                "  ".join(f"{label} {Unit(f['unit']).format(f['value'])}" for label, f in figures.items())
                 or "-"
             )
         rows.append(cells)

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
     check.add_argument("--duration", type=float, default=3.0, help="seconds to collect for (rates need two)")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rules = commands.add_parser("rules", help="print the rule table as Prometheus alerting rules")
+    rules.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
     return parser
 
 
@@ -56,6 +58,15 @@ def resolve_config(path: Path | None, listen: str | None = None) -> Config:
     return load_config(None, environ, base=detect_local())
 
 
+def print_rules(config: Config) -> int:
+    from agent.alerting import configured_rules
+    from alerts.promrules import prometheus_rules
+    from alerts.table import SIGNALS
+
+    print(prometheus_rules(configured_rules(config), SIGNALS, config.runbook_base_url), end="")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -68,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.run import run_agent
 
             return run_agent(resolve_config(args.config, args.listen))
+        if args.command == "rules":
+            return print_rules(load_config(args.config) if args.config else load_config(None))
         from agent.check import run_check
 
         return run_check(resolve_config(args.config), args.duration, as_json=args.json)

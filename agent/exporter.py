@@ -41,6 +41,7 @@ class StoreCollector:
         try:
             yield from self._self_metrics()
             yield from self._tier_metrics()
+            yield self._alert_series()
         except Exception:  # a bug here must cost a scrape its tier series, never the endpoint
             log.exception("rendering /metrics failed")
 
@@ -70,6 +71,19 @@ class StoreCollector:
             if status.last_success_timestamp is not None:
                 last_success.add_metric(labels, status.last_success_timestamp)
         yield from (up, duration, errors, last_success)
+
+    def _alert_series(self) -> Metric:
+        family = GaugeMetricFamily(
+            f"{PREFIX}alert",
+            "Active bottleneck alerts, like Prometheus's ALERTS series.",
+            labels=["alertname", "alertstate", "severity", "tier", "target"],
+        )
+        for alert in self._store.alerts():
+            rule = alert.verdict.rule
+            family.add_metric(
+                [rule.name, alert.state.value, rule.severity.value, rule.tier, alert.verdict.target], 1
+            )
+        return family
 
     def _tier_metrics(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

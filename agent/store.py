@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from alerts.lifecycle import Alert
 from collectors.base import Reason, Sample
 
 TargetKey = tuple[str, str]  # (collector, target)
@@ -59,6 +60,7 @@ class Store:
         self._rings: dict[TargetKey, Ring] = {}
         self._latest: dict[TargetKey, Sample] = {}
         self._status: dict[TargetKey, TargetStatus] = {}
+        self._alerts: tuple[Alert, ...] = ()
         self.version = 0
 
     def register(self, collector: str, target: str) -> None:
@@ -110,6 +112,22 @@ class Store:
         with self._lock:
             ring = self._rings.get((collector, target))
             return ring.snapshot() if ring else ()
+
+    def windows(self) -> dict[TargetKey, tuple[Sample, ...]]:
+        """Every registered target's window; empty for a target that is down, so rules see it unknown."""
+        with self._lock:
+            return {key: self._rings[key].snapshot() if key in self._latest else () for key in self._status}
+
+    def set_alerts(self, alerts: tuple[Alert, ...]) -> None:
+        """The active alerts, as the alert lifecycle last computed them."""
+        with self._lock:
+            if alerts != self._alerts:
+                self._alerts = alerts
+                self.version += 1
+
+    def alerts(self) -> tuple[Alert, ...]:
+        with self._lock:
+            return self._alerts
 
     def statuses(self) -> dict[TargetKey, TargetStatus]:
         with self._lock:

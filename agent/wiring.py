@@ -33,6 +33,8 @@ def register_secrets(config: Config) -> None:
             REDACTOR.register(passwords_in(connection))
             if entry.password is not None:
                 REDACTOR.register([entry.password.get_secret_value()])
+    for url in config.alertmanager.urls:
+        REDACTOR.register(passwords_in(url))
 
 
 def _factory(module_name: str) -> Callable[[Config, Any], Collector]:

@@ -118,6 +118,21 @@ class Unit(StrEnum):
     SECONDS = "seconds"
     COUNT = "count"
 
+    def format(self, value: float) -> str:
+        """Short human form: 57%, 12.5/s, 8 ms, 1.2 GiB."""
+        if self is Unit.RATIO:
+            return f"{value:.0%}"
+        if self is Unit.PER_SECOND:
+            return f"{value:.3g}/s"
+        if self is Unit.SECONDS:
+            return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
+        if self is Unit.BYTES:
+            for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+                if value >= scale:
+                    return f"{value / scale:.1f} {suffix}"
+            return f"{value:.0f} B"
+        return f"{value:.3g}"
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:

@@ -1,57 +1,17 @@
-"""The host collector on recorded /proc trees (exact values) and on this machine's real /proc.
-
-Each tree under tests/data/proc has two snapshots, t0 and t1, taken 10 s apart; the collector reads
-a working copy that is switched from t0 to t1 between its two cycles.
-"""
+"""The host collector on recorded /proc trees (exact values) and on this machine's real /proc."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from collectors.base import CollectorError, Reason, Sample
+from collectors.base import CollectorError, Reason
 from collectors.host import HostCollector
-
-DATA = Path(__file__).parent / "data" / "proc"
-GAP_SECONDS = 10.0
-
-
-class Snapshots:
-    def __init__(self, tree: str, workdir: Path) -> None:
-        self.source = DATA / tree
-        self.root = workdir / "live"
-        self.now = 1000.0
-
-    def load(self, snapshot: str) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        shutil.copytree(self.source / snapshot, self.root)
-
-    def collector(self) -> HostCollector:
-        return HostCollector(
-            "node-a",
-            self.root / "proc",
-            self.root / "sys",
-            self.root / "cgroup",
-            clock=lambda: self.now,
-            wall_clock=lambda: 1_795_000_000.0 + self.now,
-        )
-
-    def two_cycles(self) -> tuple[Sample, Sample]:
-        self.load("t0")
-        collector = self.collector()
-        first = collector.collect()
-        self.load("t1")
-        self.now += GAP_SECONDS
-        return first, collector.collect()
-
-
-def cycles(tree: str, tmp_path: Path) -> tuple[Sample, Sample]:
-    return Snapshots(tree, tmp_path).two_cycles()
+from tests.proc_trees import Snapshots, cycles
 
 
 def test_swapping_host_with_psi(tmp_path: Path) -> None:

@@ -99,12 +99,14 @@ class AlertmanagerSection(Section):
 
 
 class RuleOverride(BaseModel):
-    """``enabled`` and ``for`` plus the rule's own thresholds, checked against the rule table at start."""
+    """``enabled``, ``for`` and ``keep_firing_for`` (seconds) plus the rule's own thresholds, checked
+    against the rule table at start."""
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
     enabled: bool = True
     for_: float | None = Field(default=None, ge=0, alias="for")
+    keep_firing_for: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _thresholds_are_numbers(self) -> Self:
@@ -131,6 +133,8 @@ class Config(Section):
     app: tuple[AppTarget, ...] = ()
     alertmanager: AlertmanagerSection = Field(default_factory=AlertmanagerSection)
     rules: dict[str, RuleOverride] = Field(default_factory=dict)
+    # Prefix of the runbook links in alerts; the runbooks are docs/alerts/<AlertName>.md in the repo.
+    runbook_base_url: str = ""
 
     @field_validator("listen")
     @classmethod

@@ -1,0 +1,57 @@
+"""The alerting cycle: store windows -> classifier -> lifecycle -> store (for /metrics and the API)
+and the Alertmanager sender. Runs as one scheduler job, after the collectors, every interval."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from agent.config import Config, ConfigError
+from agent.store import Store
+from alerts.classifier import classify
+from alerts.lifecycle import Alert, AlertTracker
+from alerts.rules import Rule
+from alerts.table import RULES, SIGNALS
+
+Notify = Callable[[list[Alert], list[Alert]], None]
+
+
+def configured_rules(config: Config) -> tuple[Rule, ...]:
+    """The rule table with the config's overrides applied; an unknown threshold is a config error."""
+    rules = []
+    for rule in RULES:
+        override = config.rules.get(rule.name)
+        if override is None:
+            rules.append(rule)
+            continue
+        try:
+            rules.append(
+                rule.with_overrides(
+                    override.enabled, override.for_, override.thresholds, override.keep_firing_for
+                )
+            )
+        except ValueError as error:
+            raise ConfigError(f"rules.{rule.name}: {error}") from None
+    return tuple(rules)
+
+
+class AlertingJob:
+    def __init__(
+        self,
+        store: Store,
+        rules: tuple[Rule, ...],
+        notify: Notify | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._rules = rules
+        self._notify = notify
+        self._clock = clock
+        self._tracker = AlertTracker()
+
+    def run_cycle(self) -> None:
+        verdicts = classify(self._store.windows(), self._rules, SIGNALS)
+        active, resolved = self._tracker.update(verdicts, self._clock())
+        self._store.set_alerts(tuple(active))
+        if self._notify is not None:
+            self._notify(active, resolved)

@@ -1,0 +1,170 @@
+"""Sends alerts to every configured Alertmanager (API v2) with Prometheus's notifier semantics.
+
+Firing alerts are sent when they start firing and re-sent every ``resend_interval`` with endsAt in
+the future (4 x max(interval, resend_interval)), so Alertmanager resolves them by itself if the agent
+dies. A resolution is sent with endsAt = the time it resolved, and re-sent for 15 minutes. Each
+endpoint keeps its own schedule and backoff; what is sent is always the current state, so an
+Alertmanager that was down gets everything that still matters when it returns. All HTTP happens on
+the sender's own thread: the alerting cycle only hands over state and never waits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from alerts.lifecycle import Alert, AlertKey, State
+from alerts.present import describe_evidence, rfc3339
+
+log = logging.getLogger("tierwatch.alertmanager")
+RESOLVED_RESEND_SECONDS = 15 * 60
+MAX_ALERTS = 10_000
+MAX_BACKOFF_SECONDS = 60.0
+TICK_SECONDS = 1.0
+Post = Callable[[str, bytes, float], None]
+
+
+def post_json(url: str, body: bytes, timeout: float) -> None:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        response.read()
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    last_sent: float | None = None
+    sent_keys: frozenset[tuple[AlertKey, str]] = frozenset()
+    failures: int = 0
+    retry_at: float = 0.0
+    reported: str | None = None
+
+
+class AlertmanagerSender:
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        interval: float,
+        resend_interval: float,
+        *,
+        timeout: float,
+        static_labels: Mapping[str, str],
+        runbook_base_url: str,
+        post: Post = post_json,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._endpoints = [_Endpoint(url.rstrip("/") + "/api/v2/alerts") for url in urls]
+        self._resend = resend_interval
+        self._ends_after = 4 * max(interval, resend_interval)
+        self._timeout = timeout
+        self._labels = dict(static_labels)
+        self._runbook_base = runbook_base_url
+        self._post = post
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._firing: dict[AlertKey, Alert] = {}
+        self._resolved: dict[AlertKey, Alert] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="alertmanager-sender", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def notify(self, active: list[Alert], resolved: list[Alert]) -> None:
+        """Takes one cycle's state; pending alerts are not sent, as in Prometheus."""
+        now = self._clock()
+        with self._lock:
+            self._firing = {alert.key: alert for alert in active if alert.state is State.FIRING}
+            for alert in resolved:
+                self._resolved[alert.key] = alert
+            for key in list(self._resolved):
+                alert = self._resolved[key]
+                if key in self._firing or now - (alert.resolved_at or now) > RESOLVED_RESEND_SECONDS:
+                    del self._resolved[key]
+            overflow = len(self._firing) + len(self._resolved) - MAX_ALERTS
+            for key in sorted(self._resolved, key=lambda k: self._resolved[k].resolved_at or 0)[
+                : max(0, overflow)
+            ]:
+                del self._resolved[key]  # a full queue drops the oldest resolutions first
+        self._wake.set()
+
+    def send_due(self) -> None:
+        """One pass over the endpoints: send to those whose alerts changed, are due a re-send, or are
+        due a retry. Called by the sender thread; tests call it directly."""
+        now = self._clock()
+        with self._lock:
+            alerts = [*self._firing.values(), *self._resolved.values()]
+        keys = frozenset((alert.key, alert.state.value) for alert in alerts)
+        for endpoint in self._endpoints:
+            if now < endpoint.retry_at:
+                continue
+            # New firing alerts and new resolutions go out at once; the rest on the re-send schedule.
+            changed = bool(keys - endpoint.sent_keys)
+            resend_due = bool(alerts) and (
+                endpoint.last_sent is None or now - endpoint.last_sent >= self._resend
+            )
+            if changed or resend_due:
+                self._send(endpoint, alerts, keys, now)
+
+    def _send(self, endpoint: _Endpoint, alerts: list[Alert], keys: frozenset[Any], now: float) -> None:
+        body = json.dumps([self._payload(alert, now) for alert in alerts]).encode()
+        try:
+            self._post(endpoint.url, body, self._timeout)
+        except (OSError, urllib.error.URLError, ValueError) as error:
+            endpoint.failures += 1
+            backoff = min(MAX_BACKOFF_SECONDS, self._resend, 2.0 ** (endpoint.failures - 1))
+            endpoint.retry_at = now + backoff
+            problem = getattr(error, "reason", None) or error
+            if endpoint.reported != str(problem):
+                log.warning(
+                    "sending %d alerts to %s failed: %s; retrying", len(alerts), endpoint.url, problem
+                )
+                endpoint.reported = str(problem)
+            return
+        if endpoint.failures:
+            log.info("alerts delivered to %s again", endpoint.url)
+        endpoint.failures, endpoint.retry_at, endpoint.reported = 0, 0.0, None
+        endpoint.last_sent, endpoint.sent_keys = now, keys
+
+    def _payload(self, alert: Alert, now: float) -> dict[str, Any]:
+        verdict = alert.verdict
+        rule = verdict.rule
+        ends_at = alert.resolved_at if alert.state is State.RESOLVED else now + self._ends_after
+        return {
+            "labels": {
+                **self._labels,
+                "alertname": rule.name,
+                "severity": rule.severity.value,
+                "tier": rule.tier,
+                "target": verdict.target,
+            },
+            "annotations": {
+                "summary": verdict.summary,
+                "description": describe_evidence(verdict),
+                "remediation": rule.remediation,
+                "runbook_url": self._runbook_base + rule.runbook,
+            },
+            "startsAt": rfc3339(alert.active_since),
+            "endsAt": rfc3339(ends_at or now),
+        }
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.send_due()

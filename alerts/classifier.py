@@ -1,0 +1,99 @@
+"""The classifier: a pure function of (windows, rules, signals) -> verdicts, one per rule and target.
+
+A verdict is true, false or unknown (a signal it needs is missing, or a ratio had no denominator).
+When a root-cause rule holds somewhere (DatabaseBound, say), every other tier's verdict that holds
+names it in its evidence, so the symptom points at the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from alerts.conditions import Scope, Truth
+from alerts.rules import Rule
+from alerts.signals import Registry, Windows
+
+UNKNOWN_TEXT = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    rule: Rule
+    collector: str
+    target: str
+    truth: Truth
+    evidence: Mapping[str, float]
+    summary: str
+    missing: tuple[str, ...] = ()
+    root_causes: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.rule.name, self.collector, self.target)
+
+
+class _Formatted(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return UNKNOWN_TEXT
+
+
+def _summary(rule: Rule, target: str, evidence: Mapping[str, float], signals: Registry) -> str:
+    values = _Formatted({name: signals[name].unit.format(value) for name, value in evidence.items()})
+    values["target"] = target
+    return rule.summary.format_map(values)
+
+
+def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list[Verdict]:
+    """Judges every enabled rule for every target of its subjects. Targets that are down are passed
+    with an empty window: their signals are missing and their verdicts unknown."""
+    global_values = {
+        name: value
+        for name, signal in signals.items()
+        if signal.scope is Scope.GLOBAL and (value := signal.for_all(windows)) is not None
+    }
+    verdicts = []
+    for rule in rules:
+        if not rule.enabled:
+            continue
+        needed = rule.signal_names()
+        for collector, condition in rule.when.items():
+            for (source, target), window in sorted(windows.items()):
+                if source != collector:
+                    continue
+                values = dict(global_values)
+                for name in needed:
+                    signal = signals[name]
+                    if signal.scope is Scope.TARGET and signal.subject == collector:
+                        value = signal.for_target(window)
+                        if value is not None:
+                            values[name] = value
+                evidence = {name: values[name] for name in needed if name in values}
+                verdicts.append(
+                    Verdict(
+                        rule=rule,
+                        collector=collector,
+                        target=target,
+                        truth=condition.evaluate(values, rule.thresholds),
+                        evidence=MappingProxyType(evidence),
+                        summary=_summary(rule, target, evidence, signals),
+                        missing=tuple(name for name in condition.signals() if name not in values),
+                    )
+                )
+    return _name_root_causes(verdicts)
+
+
+def _name_root_causes(verdicts: list[Verdict]) -> list[Verdict]:
+    causes = [v for v in verdicts if v.truth and v.rule.root_cause]
+    return [replace(verdict, root_causes=_causes_elsewhere(verdict, causes)) for verdict in verdicts]
+
+
+def _causes_elsewhere(verdict: Verdict, causes: list[Verdict]) -> tuple[str, ...]:
+    if not verdict.truth:
+        return ()
+    return tuple(
+        f"{cause.rule.name} on {cause.collector}/{cause.target}"
+        for cause in causes
+        if cause.rule.tier != verdict.rule.tier
+    )

@@ -1,0 +1,58 @@
+"""Alert lifecycle as in Prometheus: pending while the condition has held for less than ``for``,
+firing after, kept firing for the keep-firing window once the condition stops, then resolved.
+Evidence and summary are refreshed on every cycle in which the condition holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from alerts.classifier import Verdict
+
+AlertKey = tuple[str, str, str]  # (rule, collector, target)
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    verdict: Verdict  # the latest verdict that held: its evidence and summary
+    state: State
+    active_since: float  # when the condition first held
+    last_held: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+
+    @property
+    def key(self) -> AlertKey:
+        return self.verdict.key
+
+
+class AlertTracker:
+    def __init__(self) -> None:
+        self._active: dict[AlertKey, Alert] = {}
+
+    def update(self, verdicts: list[Verdict], now: float) -> tuple[list[Alert], list[Alert]]:
+        """Applies one cycle's verdicts; returns (active alerts, alerts resolved in this cycle)."""
+        holding = {verdict.key: verdict for verdict in verdicts if verdict.truth}
+        resolved = []
+        for key, alert in list(self._active.items()):
+            if key in holding:
+                continue
+            keep_firing = alert.verdict.rule.keep_firing_seconds
+            if alert.state is State.FIRING and now - alert.last_held < keep_firing:
+                continue
+            del self._active[key]
+            if alert.state is State.FIRING:
+                resolved.append(replace(alert, state=State.RESOLVED, resolved_at=now))
+        for key, verdict in holding.items():
+            alert = self._active.get(key) or Alert(verdict, State.PENDING, active_since=now, last_held=now)
+            alert = replace(alert, verdict=verdict, last_held=now)
+            if alert.state is State.PENDING and now - alert.active_since >= verdict.rule.for_seconds:
+                alert = replace(alert, state=State.FIRING, fired_at=now)
+            self._active[key] = alert
+        return sorted(self._active.values(), key=lambda a: a.key), resolved

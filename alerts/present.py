@@ -1,0 +1,61 @@
+"""How alerts and verdicts are shown: /api/v1/alerts, `tierwatch check`, Alertmanager annotations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from alerts.classifier import Verdict
+from alerts.lifecycle import Alert
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def evidence_of(verdict: Verdict) -> dict[str, Any]:
+    evidence: dict[str, Any] = dict(verdict.evidence)
+    if verdict.root_causes:
+        evidence["root_cause"] = "; ".join(verdict.root_causes)
+    return evidence
+
+
+def describe_evidence(verdict: Verdict) -> str:
+    """One line for an Alertmanager description: signal=value pairs, root cause first."""
+    parts = [f"root cause: {cause}" for cause in verdict.root_causes]
+    parts += [f"{name}={value:.4g}" for name, value in verdict.evidence.items()]
+    return "; ".join(parts)
+
+
+def alert_json(alert: Alert, runbook_base_url: str) -> dict[str, Any]:
+    verdict = alert.verdict
+    return {
+        "name": verdict.rule.name,
+        "state": alert.state.value,
+        "severity": verdict.rule.severity.value,
+        "tier": verdict.rule.tier,
+        "target": verdict.target,
+        "collector": verdict.collector,
+        "active_since": rfc3339(alert.active_since),
+        "summary": verdict.summary,
+        "evidence": evidence_of(verdict),
+        "remediation": verdict.rule.remediation,
+        "runbook_url": runbook_base_url + verdict.rule.runbook,
+    }
+
+
+def verdict_json(verdict: Verdict, runbook_base_url: str) -> dict[str, Any]:
+    truth = {True: "holds", False: "clear", None: "unknown"}[verdict.truth]
+    return {
+        "name": verdict.rule.name,
+        "verdict": truth,
+        "severity": verdict.rule.severity.value,
+        "tier": verdict.rule.tier,
+        "target": verdict.target,
+        "collector": verdict.collector,
+        "summary": verdict.summary,
+        "evidence": evidence_of(verdict),
+        "missing_signals": list(verdict.missing),
+        "remediation": verdict.rule.remediation,
+        "runbook_url": runbook_base_url + verdict.rule.runbook,
+    }

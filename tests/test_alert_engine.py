@@ -1,0 +1,142 @@
+"""The rule engine: three-valued conditions, the classifier on recorded hosts, the lifecycle, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.alerting import configured_rules
+from agent.config import ConfigError, load_config
+from alerts.classifier import Verdict, classify
+from alerts.conditions import Compare, NotTrue, WhenPresent, all_of, any_of
+from alerts.lifecycle import AlertTracker, State
+from alerts.table import RULES, SIGNALS
+from tests.proc_trees import cycles
+
+LIMITS = {"high": 0.9}
+HIGH = Compare("x", ">=", "high")
+
+
+@pytest.mark.parametrize(
+    ("condition", "signals", "truth"),
+    [
+        (HIGH, {"x": 0.95}, True),
+        (HIGH, {"x": 0.5}, False),
+        (HIGH, {}, None),
+        (all_of(HIGH, Compare("y", ">=", "high")), {"x": 1.0}, None),
+        (all_of(HIGH, Compare("y", ">=", "high")), {"x": 0.1}, False),  # one false decides
+        (any_of(HIGH, Compare("y", ">=", "high")), {"y": 1.0}, True),  # one true decides
+        (any_of(HIGH, Compare("y", ">=", "high")), {"y": 0.1}, None),
+        (NotTrue(HIGH), {}, True),  # "not saturated, or unknown"
+        (NotTrue(HIGH), {"x": 1.0}, False),
+        (any_of(HIGH, WhenPresent(Compare("psi", ">=", "high"))), {"x": 0.1}, False),  # PSI absent: judged
+        (any_of(HIGH, WhenPresent(Compare("psi", ">=", "high"))), {"x": 0.1, "psi": 0.95}, True),
+    ],
+)
+def test_three_valued_conditions(condition: object, signals: dict[str, float], truth: bool | None) -> None:
+    assert condition.evaluate(signals, LIMITS) is truth  # type: ignore[attr-defined]
+
+
+def verdicts_for(tree: str, tmp_path: Path) -> dict[str, Verdict]:
+    first, second = cycles(tree, tmp_path)
+    verdicts = classify({("host", "node-a"): (first, second)}, RULES, SIGNALS)
+    return {verdict.rule.name: verdict for verdict in verdicts}
+
+
+def test_swapping_host_is_named_memory_swapping_not_disk(tmp_path: Path) -> None:
+    verdicts = verdicts_for("swapping", tmp_path)
+    swapping = verdicts["MemorySwapping"]
+    assert swapping.truth is True
+    assert swapping.evidence["host_memory_used_ratio"] == pytest.approx(0.95)
+    assert swapping.evidence["host_swap_in_per_second"] == pytest.approx(500)
+    assert swapping.summary == (
+        "node-a is swapping: memory 95% used, 500/s pages swapped in, memory stall 42%"
+    )
+    # the disk is busy with swap traffic: the cause is memory, so DiskIOBound stays clear
+    assert verdicts["DiskIOBound"].truth is False
+    # no cgroup quota on this host: throttling is unknown, never assumed
+    assert verdicts["CPUThrottled"].truth is None
+    assert verdicts["CPUThrottled"].missing == ("host_cpu_throttled_ratio",)
+
+
+def test_quiet_host_has_nothing(tmp_path: Path) -> None:
+    verdicts = verdicts_for("no-psi", tmp_path)
+    assert verdicts["MemorySwapping"].truth is False
+    assert verdicts["DiskIOBound"].truth is False
+
+
+def test_throttled_container(tmp_path: Path) -> None:
+    verdicts = verdicts_for("throttled", tmp_path)
+    throttled = verdicts["CPUThrottled"]
+    assert throttled.truth is True
+    assert throttled.evidence == pytest.approx(
+        {"host_cpu_throttled_ratio": 0.6, "host_cgroup_cpu_limit_ratio": 0.8}
+    )
+
+
+def test_down_target_is_unknown() -> None:
+    verdicts = classify({("host", "node-a"): ()}, RULES, SIGNALS)
+    assert {v.truth for v in verdicts} == {None}
+
+
+def lifecycle_run(truths: list[bool], for_seconds: float = 20, keep: float = 10) -> list[list[State]]:
+    rule = RULES[0].with_overrides(True, for_seconds, {}, keep_firing_seconds=keep)
+    tracker = AlertTracker()
+    states = []
+    for step, truth in enumerate(truths):
+        verdict = Verdict(rule, "host", "node-a", truth, {}, "summary")
+        active, resolved = tracker.update([verdict], now=step * 5.0)
+        states.append([a.state for a in active] + [a.state for a in resolved])
+    return states
+
+
+def test_lifecycle_pending_firing_keep_firing_resolved() -> None:
+    # cycles every 5 s; for 20 s; keep firing 10 s
+    states = lifecycle_run([True, True, True, True, True, False, False, False, False])
+    assert states == [
+        [State.PENDING],
+        [State.PENDING],
+        [State.PENDING],
+        [State.PENDING],
+        [State.FIRING],  # held for 20 s
+        [State.FIRING],  # kept firing 5 s after the condition ended
+        [State.RESOLVED],  # 10 s after: resolved
+        [],
+        [],
+    ]
+
+
+def test_pending_that_stops_holding_disappears_without_resolution() -> None:
+    assert lifecycle_run([True, True, False, False]) == [[State.PENDING], [State.PENDING], [], []]
+
+
+def test_for_zero_fires_at_once() -> None:
+    assert lifecycle_run([True], for_seconds=0) == [[State.FIRING]]
+
+
+def test_rule_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "rules:\n  MemorySwapping: {for: 5, memory_used_ratio: 0.8}\n  DiskIOBound: {enabled: false}\n"
+    )
+    rules = {rule.name: rule for rule in configured_rules(load_config(path, environ={}))}
+    assert rules["MemorySwapping"].for_seconds == 5
+    assert rules["MemorySwapping"].thresholds["memory_used_ratio"] == 0.8
+    assert rules["MemorySwapping"].thresholds["swap_in_pages_per_second"] == 10
+    assert not rules["DiskIOBound"].enabled
+    path.write_text("rules:\n  MemorySwapping: {memory_ratio: 0.8}\n")
+    with pytest.raises(
+        ConfigError, match=r"MemorySwapping: unknown threshold memory_ratio \(known: memory_stall"
+    ):
+        configured_rules(load_config(path, environ={}))
+
+
+def test_table_is_consistent() -> None:
+    for rule in RULES:
+        used = {name for condition in rule.when.values() for name in condition.thresholds()}
+        assert used == set(rule.thresholds), rule.name  # no threshold is dead or undefined
+        for name in rule.signal_names():
+            assert name in SIGNALS, f"{rule.name} reads unknown signal {name}"
+        assert len(rule.remediation.split(". ")) >= 3, f"{rule.name}: remediation too thin"
+        assert (Path(__file__).parent.parent / rule.runbook).is_file(), f"{rule.name}: no runbook page"

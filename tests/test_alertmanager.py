@@ -1,0 +1,239 @@
+"""Alert delivery: the sender's schedule (unit), a real Alertmanager (integration), and the whole agent
+raising and resolving an alert that reaches Alertmanager with its annotations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alerts.alertmanager import RESOLVED_RESEND_SECONDS, AlertmanagerSender
+from alerts.classifier import Verdict
+from alerts.lifecycle import Alert, State
+from alerts.table import RULES
+from tests.fixtures.alertmanager_server import Alertmanager
+from tests.proc_trees import DATA
+from tests.support import AgentProcess, http_get, value
+
+RULE = RULES[0]  # MemorySwapping
+
+
+def alert(state: State, since: float = 100.0, resolved_at: float | None = None) -> Alert:
+    verdict = Verdict(RULE, "host", "node-a", True, {"host_memory_used_ratio": 0.95}, "node-a is swapping")
+    return Alert(verdict, state, active_since=since, last_held=since, fired_at=since, resolved_at=resolved_at)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, list[dict[str, Any]]]] = []
+        self.timeouts: set[float] = set()
+        self.failing = False
+
+    def __call__(self, url: str, body: bytes, timeout: float) -> None:
+        self.timeouts.add(timeout)
+        if self.failing:
+            raise ConnectionRefusedError("connection refused")
+        self.posts.append((url, json.loads(body)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sender(post: Recorder, clock: Clock, urls: tuple[str, ...] = ("http://am-a:9093",)) -> AlertmanagerSender:
+    return AlertmanagerSender(
+        urls,
+        5.0,
+        60.0,
+        timeout=1.0,
+        static_labels={"cluster": "test"},
+        runbook_base_url="https://x/",
+        post=post,
+        clock=clock,
+    )
+
+
+def test_firing_is_sent_at_once_then_every_resend_interval() -> None:
+    post, clock = Recorder(), Clock()
+    out = sender(post, clock, ("http://am-a:9093/", "http://am-b:9093"))
+    out.notify([alert(State.PENDING)], [])
+    out.send_due()
+    assert post.posts == []  # pending alerts are not sent
+    out.notify([alert(State.FIRING)], [])
+    out.send_due()
+    assert [url for url, _ in post.posts] == [
+        "http://am-a:9093/api/v2/alerts",
+        "http://am-b:9093/api/v2/alerts",
+    ]
+    assert post.timeouts == {1.0}
+
+    sent = post.posts[0][1][0]
+    assert sent["labels"] == {
+        "cluster": "test",
+        "alertname": "MemorySwapping",
+        "severity": "critical",
+        "tier": "host",
+        "target": "node-a",
+    }
+    assert sent["annotations"]["summary"] == "node-a is swapping"
+    assert sent["annotations"]["description"] == "host_memory_used_ratio=0.95"
+    assert sent["annotations"]["runbook_url"] == "https://x/docs/alerts/MemorySwapping.md"
+    assert "RAM" in sent["annotations"]["remediation"]
+    assert sent["endsAt"] == "1970-01-01T00:20:40.000Z"  # now (1000 s) + 4 x max(5, 60) s
+    clock.now += 30
+    out.notify([alert(State.FIRING)], [])
+    out.send_due()
+    assert len(post.posts) == 2  # nothing new, not yet due
+    clock.now += 30
+    out.send_due()
+    assert len(post.posts) == 4  # re-sent after 60 s to both
+
+
+def test_resolution_is_sent_with_end_time_and_repeated_for_15_minutes() -> None:
+    post, clock = Recorder(), Clock()
+    out = sender(post, clock)
+    out.notify([alert(State.FIRING)], [])
+    out.send_due()
+    clock.now += 10
+    out.notify([], [alert(State.RESOLVED, resolved_at=clock.now)])
+    out.send_due()
+    resolved = post.posts[-1][1][0]
+    assert resolved["endsAt"] == "1970-01-01T00:16:50.000Z"  # the moment it resolved
+    clock.now += RESOLVED_RESEND_SECONDS - 20
+    out.notify([], [])
+    out.send_due()
+    assert post.posts[-1][1][0]["endsAt"] == resolved["endsAt"]
+    count = len(post.posts)
+    clock.now += 60
+    out.notify([], [])
+    out.send_due()
+    assert len(post.posts) == count  # after 15 minutes the resolution is dropped
+
+
+def test_unreachable_alertmanager_is_retried_with_backoff() -> None:
+    post, clock = Recorder(), Clock()
+    out = sender(post, clock)
+    post.failing = True
+    out.notify([alert(State.FIRING)], [])
+    out.send_due()
+    clock.now += 0.5
+    out.send_due()  # within the 1 s backoff: no attempt
+    post.failing = False
+    out.send_due()
+    assert post.posts == []
+    clock.now += 1
+    out.send_due()
+    assert len(post.posts) == 1
+
+
+def test_real_alertmanager_receives_and_resolves(alertmanager: Alertmanager) -> None:
+    out = AlertmanagerSender(
+        (alertmanager.url,), 1.0, 1.0, timeout=2.0, static_labels={}, runbook_base_url=""
+    )
+    out.notify([alert(State.FIRING, since=time.time())], [])
+    out.send_due()
+    held = alertmanager.alerts()
+    assert [a["labels"]["alertname"] for a in held] == ["MemorySwapping"]
+    assert held[0]["annotations"]["summary"] == "node-a is swapping"
+    assert held[0]["annotations"]["runbook_url"] == "docs/alerts/MemorySwapping.md"
+    wait_until(lambda: alertmanager.webhook.statuses("MemorySwapping") == ["firing"], "firing notification")
+    out.notify([], [alert(State.RESOLVED, since=time.time() - 5, resolved_at=time.time())])
+    out.send_due()
+    wait_until(lambda: alertmanager.alerts() == [], "alert to resolve")
+    wait_until(
+        lambda: alertmanager.webhook.statuses("MemorySwapping")[-1:] == ["resolved"], "resolved notification"
+    )
+
+
+def test_alertmanager_down_while_firing_gets_it_when_back(alertmanager: Alertmanager) -> None:
+    alertmanager.stop()
+    out = AlertmanagerSender(
+        (alertmanager.url,), 0.5, 0.5, timeout=1.0, static_labels={}, runbook_base_url=""
+    )
+    out.start()
+    try:
+        out.notify([alert(State.FIRING, since=time.time())], [])
+        time.sleep(1.5)  # a few failed attempts
+        alertmanager.start()
+        wait_until(
+            lambda: [a["labels"]["alertname"] for a in alertmanager.alerts()] == ["MemorySwapping"],
+            "delivery",
+        )
+    finally:
+        out.stop()
+
+
+def wait_until(condition: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+@pytest.fixture
+def live_proc(tmp_path: Path) -> Path:
+    """A procfs the test can switch between recorded hosts while the agent reads it."""
+    root = tmp_path / "live"
+    shutil.copytree(DATA / "swapping" / "t1", root)
+    return root
+
+
+def switch(root: Path, tree: str) -> None:
+    shutil.rmtree(root / "proc")
+    shutil.copytree(DATA / tree / "t1" / "proc", root / "proc")
+
+
+def test_agent_raises_and_resolves_through_alertmanager(
+    tmp_path: Path, live_proc: Path, alertmanager: Alertmanager
+) -> None:
+    config = {
+        "interval": 0.5,
+        "host": {
+            "name": "node-a",
+            "procfs": str(live_proc / "proc"),
+            "sysfs": str(live_proc / "sys"),
+            "cgroupfs": str(live_proc / "cgroup"),
+        },
+        "alertmanager": {"urls": [alertmanager.url], "resend_interval": 1},
+        # A recorded tree repeats one snapshot, so its swap-in rate reads 0 and the disk rule would hold
+        # too; which rule a swapping host gets is the classifier test's business, delivery is this one's.
+        "rules": {"MemorySwapping": {"for": 1, "keep_firing_for": 0}, "DiskIOBound": {"enabled": False}},
+    }
+    with AgentProcess(tmp_path, config) as agent:
+        # memory 95% used with a 42.5% memory stall: swapping
+        wait_until(
+            lambda: alertmanager.webhook.statuses("MemorySwapping") == ["firing"], "firing notification"
+        )
+        held = alertmanager.alerts()[0]
+        assert held["labels"]["target"] == "node-a"
+        assert held["labels"]["severity"] == "critical"
+        assert held["annotations"]["summary"].startswith("node-a is swapping: memory 95% used")
+        assert "host_memory_used_ratio=0.95" in held["annotations"]["description"]
+        api = json.loads(http_get(f"{agent.url}/api/v1/alerts")[1])
+        assert [(a["name"], a["state"], a["tier"], a["target"]) for a in api] == [
+            ("MemorySwapping", "firing", "host", "node-a")
+        ]
+        assert api[0]["evidence"]["host_memory_used_ratio"] == pytest.approx(0.95)
+        assert api[0]["runbook_url"] == "docs/alerts/MemorySwapping.md"
+        series = agent.metrics()
+        labels = {
+            "alertname": "MemorySwapping",
+            "alertstate": "firing",
+            "severity": "critical",
+            "tier": "host",
+        }
+        assert value(series, "tierwatch_alert", **labels, target="node-a") == 1
+        switch(live_proc, "no-psi")  # the host calms down
+        wait_until(lambda: alertmanager.webhook.statuses("MemorySwapping")[-1:] == ["resolved"], "resolution")
+        assert json.loads(http_get(f"{agent.url}/api/v1/alerts")[1]) == []
+        assert alertmanager.alerts() == []
