@@ -1,0 +1,124 @@
+"""`tierwatch rules` emits valid Prometheus alerting rules that fire like the classifier does, and
+`tierwatch check` turns a verdict into its exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.proc_trees import DATA
+from tests.support import REPO, require_tool
+
+
+def tierwatch(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "agent.cli", *args]
+    if config is not None:
+        command += ["--config", str(config)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+
+
+def exported_rules(tmp_path: Path) -> Path:
+    result = tierwatch("rules")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "tierwatch-rules.yaml"
+    path.write_text(result.stdout)
+    return path
+
+
+def test_rules_pass_promtool_check(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "/usr/bin/promtool")
+    path = exported_rules(tmp_path)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = [rule["alert"] for rule in yaml.safe_load(path.read_text())["groups"][0]["rules"]]
+    assert "MemorySwapping" in names
+
+
+def promtool_test(tmp_path: Path, cases: list[dict[str, Any]]) -> None:
+    promtool = require_tool("promtool", "/usr/bin/promtool")
+    rules = exported_rules(tmp_path)
+    test_file = tmp_path / "tests.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "15s", "tests": cases})
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_memory_rule_fires_after_its_for_and_names_the_figures(tmp_path: Path) -> None:
+    series = [
+        {"series": 'tierwatch_host_memory_used_ratio{target="node-a"}', "values": "0.95x10"},
+        {"series": 'tierwatch_host_swap_in_pages_per_second{target="node-a"}', "values": "500x10"},
+        {"series": 'tierwatch_host_memory_used_ratio{target="node-b"}', "values": "0.5x10"},
+        {"series": 'tierwatch_host_swap_in_pages_per_second{target="node-b"}', "values": "500x10"},
+    ]
+    firing = {
+        "exp_labels": {"severity": "critical", "tier": "host", "target": "node-a"},
+        "exp_annotations": {
+            "summary": "node-a is swapping: memory 95% used, 500/s pages swapped in, memory stall unknown",
+            "remediation": _remediation("MemorySwapping"),
+            "runbook_url": "docs/alerts/MemorySwapping.md",
+        },
+    }
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "45s", "alertname": "MemorySwapping", "exp_alerts": []},  # still pending
+                    {"eval_time": "75s", "alertname": "MemorySwapping", "exp_alerts": [firing]},
+                    # the swap traffic explains the disk: no DiskIOBound for either host
+                    {"eval_time": "75s", "alertname": "DiskIOBound", "exp_alerts": []},
+                ],
+            }
+        ],
+    )
+
+
+def _remediation(name: str) -> str:
+    from alerts.table import RULES
+
+    return next(rule.remediation for rule in RULES if rule.name == name)
+
+
+def check_with_tree(tmp_path: Path, tree: str) -> subprocess.CompletedProcess[str]:
+    root = DATA / tree / "t1"
+    config = tmp_path / "check.yaml"
+    host = {
+        "name": "node-a",
+        "procfs": str(root / "proc"),
+        "sysfs": str(root / "sys"),
+        "cgroupfs": str(root / "cgroup"),
+    }
+    config.write_text(yaml.safe_dump({"host": host}))
+    return tierwatch("check", "--duration", "0.2", "--json", config=config)
+
+
+def test_check_exits_1_and_explains_a_bottleneck(tmp_path: Path) -> None:
+    result = check_with_tree(tmp_path, "swapping")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    found = {(b["name"], b["target"]) for b in report["bottlenecks"]}
+    assert ("MemorySwapping", "node-a") in found
+    swapping = next(b for b in report["bottlenecks"] if b["name"] == "MemorySwapping")
+    assert swapping["evidence"]["host_memory_used_ratio"] == 0.95
+    assert swapping["remediation"] == _remediation("MemorySwapping")
+    unknown = {u["name"]: u["missing_signals"] for u in report["unknown"]}
+    assert unknown["CPUThrottled"] == ["host_cpu_throttled_ratio"]
+
+
+def test_check_exits_0_on_a_quiet_host(tmp_path: Path) -> None:
+    result = check_with_tree(tmp_path, "no-psi")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["bottlenecks"] == []
