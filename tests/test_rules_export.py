@@ -122,3 +122,10 @@ def test_check_exits_0_on_a_quiet_host(tmp_path: Path) -> None:
     result = check_with_tree(tmp_path, "no-psi")
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["bottlenecks"] == []
+
+
+def test_helm_chart_ships_the_same_rules() -> None:
+    """The chart's PrometheusRule renders helm/tierwatch/files/prometheus-rules.yaml: it must be exactly
+    what `tierwatch rules` prints (regenerate it with `tierwatch rules > ...` after changing the table)."""
+    shipped = (REPO / "helm" / "tierwatch" / "files" / "prometheus-rules.yaml").read_text()
+    assert shipped == tierwatch("rules").stdout
