@@ -7,13 +7,13 @@ names it in its evidence, so the symptom points at the cause.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from alerts.conditions import Scope, Truth
 from alerts.rules import Rule
-from alerts.signals import Registry, Windows
+from alerts.signals import Registry, Signal, Window, Windows
 
 UNKNOWN_TEXT = "unknown"
 
@@ -57,31 +57,45 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
     for rule in rules:
         if not rule.enabled:
             continue
-        needed = rule.signal_names()
+        needed = [signals[name] for name in rule.signal_names()]
         for collector, condition in rule.when.items():
             for (source, target), window in sorted(windows.items()):
                 if source != collector:
                     continue
-                values = dict(global_values)
-                for name in needed:
-                    signal = signals[name]
-                    if signal.scope is Scope.TARGET and signal.subject == collector:
-                        value = signal.for_target(window)
-                        if value is not None:
-                            values[name] = value
-                evidence = {name: values[name] for name in needed if name in values}
-                verdicts.append(
-                    Verdict(
-                        rule=rule,
-                        collector=collector,
-                        target=target,
-                        truth=condition.evaluate(values, rule.thresholds),
-                        evidence=MappingProxyType(evidence),
-                        summary=_summary(rule, target, evidence, signals),
-                        missing=tuple(name for name in condition.signals() if name not in values),
+                for subject, values in _subjects(target, window, collector, needed, global_values):
+                    evidence = {s.name: values[s.name] for s in needed if s.name in values}
+                    verdicts.append(
+                        Verdict(
+                            rule=rule,
+                            collector=collector,
+                            target=subject,
+                            truth=condition.evaluate(values, rule.thresholds),
+                            evidence=MappingProxyType(evidence),
+                            summary=_summary(rule, subject, evidence, signals),
+                            missing=tuple(name for name in condition.signals() if name not in values),
+                        )
                     )
-                )
     return _name_root_causes(verdicts)
+
+
+def _subjects(
+    target: str, window: Window, collector: str, needed: list[Signal], global_values: dict[str, float]
+) -> Iterator[tuple[str, dict[str, float]]]:
+    """What one rule is judged on within a target: the target itself, or each value of its split
+    label (each HPA of a namespace, named ``namespace/hpa``)."""
+    values = dict(global_values)
+    for signal in needed:
+        if signal.scope is Scope.TARGET and signal.subject == collector and signal.split is None:
+            value = signal.for_target(window)
+            if value is not None:
+                values[signal.name] = value
+    splits = {s.name: s.for_split(window) for s in needed if s.subject == collector and s.split is not None}
+    keys = sorted({key for per_key in splits.values() for key in per_key})
+    if not keys:
+        yield target, values  # no split values seen (or no split at all): one subject
+        return
+    for key in keys:
+        yield f"{target}/{key}", {**values, **{name: v[key] for name, v in splits.items() if key in v}}
 
 
 def _name_root_causes(verdicts: list[Verdict]) -> list[Verdict]:

@@ -32,9 +32,15 @@ class Signal:
     promql: PromQL
     compute_target: Callable[[Window], float | None] | None = None
     compute_global: Callable[[Windows], float | None] | None = None
+    # A split signal has one value per value of this label (an HPA among a namespace's HPAs).
+    split: str | None = None
+    compute_split: Callable[[Window], Mapping[str, float]] | None = None
 
     def for_target(self, window: Window) -> float | None:
         return self.compute_target(window) if self.compute_target and window else None
+
+    def for_split(self, window: Window) -> Mapping[str, float]:
+        return self.compute_split(window) if self.compute_split and window else {}
 
     def for_all(self, windows: Windows) -> float | None:
         return self.compute_global(windows) if self.compute_global else None
@@ -111,3 +117,54 @@ def registry(*signals: Signal) -> Registry:
             raise ValueError(f"signal {signal.name} defined twice")
         table[signal.name] = signal
     return table
+
+
+def per_label(name: str, subject: str, metric: str, unit: Unit, label: str, *, position: int = 0) -> Signal:
+    """A split signal: the metric's newest value for each value of ``label`` (at ``position`` among
+    the series' labels); several series with one such value (metrics of one HPA) give their max."""
+
+    def compute(window: Window) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for labels, value in window[-1].series(metric).items():
+            key = labels[position]
+            values[key] = max(value, values.get(key, value))
+        return values
+
+    series = selector(metric)
+    return Signal(
+        name,
+        Scope.TARGET,
+        subject,
+        unit,
+        lambda extra: f"max by (target, {label}) ({series(extra)})",
+        split=label,
+        compute_split=compute,
+    )
+
+
+def per_label_rise(name: str, subject: str, metric: str, label: str, window_text: str) -> Signal:
+    """A split signal: how far the metric rose within the window (newest minus lowest), per label value."""
+
+    def compute(window: Window) -> dict[str, float]:
+        lowest: dict[str, float] = {}
+        for sample in window:
+            for (key, *_), value in sample.series(metric).items():
+                lowest[key] = min(value, lowest.get(key, value))
+        return {
+            key: value - lowest[key]
+            for (key, *_), value in window[-1].series(metric).items()
+            if key in lowest
+        }
+
+    series = selector(metric)
+    return Signal(
+        name,
+        Scope.TARGET,
+        subject,
+        Unit.COUNT,
+        lambda extra: (
+            f"max by (target, {label}) ({series(extra)} - min_over_time({series(extra)}[{window_text}]))"
+        ),
+        split=label,
+        compute_split=compute,
+    )
