@@ -1,6 +1,7 @@
 """Alert lifecycle as in Prometheus: pending while the condition has held for less than ``for``,
 firing after, kept firing for the keep-firing window once the condition stops, then resolved.
-Evidence and summary are refreshed on every cycle in which the condition holds."""
+Evidence and summary are refreshed on every cycle in which the condition holds; while its verdict
+is unknown a firing alert keeps its last evidence."""
 
 from __future__ import annotations
 
@@ -39,10 +40,18 @@ class AlertTracker:
     def update(self, verdicts: list[Verdict], now: float) -> tuple[list[Alert], list[Alert]]:
         """Applies one cycle's verdicts; returns (active alerts, alerts resolved in this cycle)."""
         holding = {verdict.key: verdict for verdict in verdicts if verdict.truth}
+        # A firing alert whose signals went missing (the target stopped answering, perhaps because of
+        # the very condition) is held, not resolved: losing sight of a problem does not end it.
+        unknown = {verdict.key for verdict in verdicts if verdict.truth is None}
         resolved = []
         for key, alert in list(self._active.items()):
             if key in holding:
                 continue
+            if key in unknown and alert.state is State.FIRING:
+                self._active[key] = replace(alert, last_held=now)
+                continue
+
+
             keep_firing = alert.verdict.rule.keep_firing_seconds
             if alert.state is State.FIRING and now - alert.last_held < keep_firing:
                 continue

@@ -81,7 +81,13 @@ def test_down_target_is_unknown() -> None:
 
 
 def lifecycle_run(truths: list[bool], for_seconds: float = 20, keep: float = 10) -> list[list[State]]:
+    return lifecycle_run_with(list(truths), for_seconds, keep)
+
+
+def lifecycle_run_with(truths: list[bool | None], for_seconds: float, keep: float) -> list[list[State]]:
+    """Feeds one verdict every 5 s; returns the active and just-resolved states after each."""
     rule = RULES[0].with_overrides(True, for_seconds, {}, keep_firing_seconds=keep)
+
     tracker = AlertTracker()
     states = []
     for step, truth in enumerate(truths):
@@ -140,3 +146,11 @@ def test_table_is_consistent() -> None:
             assert name in SIGNALS, f"{rule.name} reads unknown signal {name}"
         assert len(rule.remediation.split(". ")) >= 3, f"{rule.name}: remediation too thin"
         assert (Path(__file__).parent.parent / rule.runbook).is_file(), f"{rule.name}: no runbook page"
+
+
+def test_firing_alert_is_held_while_its_target_is_unknown() -> None:
+    # the keep-firing window (10 s) counts from the last unknown cycle, not from the last true one
+    states = lifecycle_run_with([True, None, None, False, False, False], for_seconds=0, keep=10)
+    assert states == [[State.FIRING], [State.FIRING], [State.FIRING], [State.FIRING], [State.RESOLVED], []]
+
+    assert lifecycle_run_with([True, None], for_seconds=20, keep=5) == [[State.PENDING], []]

@@ -163,3 +163,17 @@ def test_password_in_dsn_never_appears_in_errors(tmp_path: Path) -> None:
 def test_unknown_environment_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="intervall: unknown key"):
         load_config(write(tmp_path, "host: {}\n"), environ={"TIERWATCH_INTERVALL": "5"})
+
+
+def test_rule_overrides_from_environment() -> None:
+    environ = {
+        "TIERWATCH_RULES__DATABASEBOUND__FOR": "60",
+        "TIERWATCH_RULES__MemorySwapping__memory_used_ratio": "0.8",
+        "TIERWATCH_RULES__MEMORYSWAPPING__KEEP_FIRING_FOR": "5",
+    }
+    rules = load_config(None, environ=environ).rules
+    assert rules["DatabaseBound"].for_ == 60
+    assert rules["MemorySwapping"].thresholds == {"memory_used_ratio": 0.8}
+    assert rules["MemorySwapping"].keep_firing_for == 5
+    with pytest.raises(ConfigError, match="threshold 'memory_used_ratio' must be a number"):
+        load_config(None, environ={"TIERWATCH_RULES__MemorySwapping__memory_used_ratio": "lots"})

@@ -15,11 +15,13 @@ import yaml
 from pydantic import ValidationError
 
 from agent.config.model import Config
+from alerts.names import ALERT_NAMES
 
 ENV_PREFIX = "TIERWATCH_"
 # Variables that steer the CLI rather than override a config field.
 NOT_FIELDS = frozenset({"TIERWATCH_CONFIG", "TIERWATCH_LOG_LEVEL"})
 LIST_SECTIONS = frozenset({"postgres", "pgbouncer", "redis", "app"})
+_ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
 class ConfigError(Exception):
@@ -90,6 +92,10 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[s
         parts = [part.lower() for part in variable.removeprefix(ENV_PREFIX).split("__")]
         if not all(parts):
             raise ConfigError(f"environment variable {variable}: empty key part")
+        if parts[0] == "rules" and len(parts) > 1:
+            # Variable names are case-insensitive here; alert names are not: restore their spelling.
+            parts[1] = _ALERT_NAMES_BY_LOWER.get(parts[1], parts[1])
+
         _set_path(merged, parts, _parse_value(environ[variable]), variable)
     return merged
 

@@ -98,6 +98,15 @@ class AlertmanagerSection(Section):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+def _number_or_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 class RuleOverride(BaseModel):
     """``enabled``, ``for`` and ``keep_firing_for`` (seconds) plus the rule's own thresholds, checked
     against the rule table at start."""
@@ -107,6 +116,15 @@ class RuleOverride(BaseModel):
     enabled: bool = True
     for_: float | None = Field(default=None, ge=0, alias="for")
     keep_firing_for: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _thresholds_from_text(cls, data: Any) -> Any:
+        """Environment variables give thresholds as text: "0.8" means 0.8."""
+        if not isinstance(data, dict):
+            return data
+        known = {"enabled", "for", "for_", "keep_firing_for"}
+        return {key: _number_or_text(value) if key not in known else value for key, value in data.items()}
 
     @model_validator(mode="after")
     def _thresholds_are_numbers(self) -> Self:

@@ -1,0 +1,164 @@
+"""The app's own Prometheus endpoint: request rate, 5xx share and latency quantiles over the last cycle.
+
+Each cycle scrapes the page once and takes the increase of every counter series since the previous
+successful scrape. A series first seen after that scrape was born since then (a labelled child is
+created on its first increment, so the first 500 of an app shows up as a new series), and a series
+that went down was reset by an app restart; in both cases its whole value is this cycle's increase,
+as PromQL's increase() counts a reset.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from http.client import HTTPException
+from urllib.parse import urlsplit
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from collectors.app.histogram import histogram_quantile
+from collectors.base import CollectorError, Reason, SampleBuilder
+from collectors.deltas import Deltas
+
+STATUS_LABELS = ("status", "code", "status_code")
+SERVER_ERROR = re.compile(r"5(\d\d|xx)", re.IGNORECASE)
+# The classic text format: prometheus_client's parser does not read OpenMetrics or protobuf.
+ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
+MAX_BYTES = 16 * 2**20
+# Latency histograms not in seconds, by the unit suffix of their name.
+UNIT_SCALES = {"_milliseconds": 1e-3, "_ms": 1e-3, "_microseconds": 1e-6}
+# Env proxies are for the outside world; a scrape of the app next door must not go through one.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def safe_url(url: str) -> str:
+    """The URL without credentials, query or fragment, for logs and errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def fetch(url: str, timeout: float) -> str:
+    where = f"scraping {safe_url(url)}"
+    request = urllib.request.Request(url, headers={"Accept": ACCEPT, "User-Agent": "tierwatch"})
+    try:
+        with OPENER.open(request, timeout=timeout) as response:
+            body: bytes = response.read(MAX_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        reason = {401: Reason.AUTH, 403: Reason.PERMISSION}.get(error.code, Reason.OTHER)
+        raise CollectorError(reason, f"{where}: HTTP {error.code}") from None
+    except urllib.error.URLError as error:
+        cause = error.reason
+        if isinstance(cause, TimeoutError):
+            raise CollectorError(Reason.TIMEOUT, f"{where}: no answer within {timeout:.2g} s") from None
+        raise CollectorError(Reason.UNREACHABLE, f"{where}: {cause}") from None
+    except TimeoutError:
+        raise CollectorError(Reason.TIMEOUT, f"{where}: no answer within {timeout:.2g} s") from None
+    except (HTTPException, OSError) as error:
+        raise CollectorError(Reason.UNREACHABLE, f"{where}: {type(error).__name__}: {error}") from None
+    if len(body) > MAX_BYTES:
+        raise CollectorError(Reason.OTHER, f"{where}: the page is larger than {MAX_BYTES // 2**20} MiB")
+    return body.decode("utf-8", errors="replace")
+
+
+class Scraper:
+    def __init__(
+        self,
+        url: str,
+        requests_metric: str | None,
+        latency_metric: str | None,
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._requests = requests_metric
+        self._latency = latency_metric.removesuffix("_bucket") if latency_metric else None
+        self._timeout = timeout
+        self._clock = clock
+        self._deltas = Deltas()
+        suffix = next((s for s in UNIT_SCALES if self._latency and self._latency.endswith(s)), None)
+        self._latency_scale = UNIT_SCALES[suffix] if suffix else 1.0
+
+    def describe(self) -> str:
+        return f"metrics {safe_url(self._url)}"
+
+    def collect(self, out: SampleBuilder) -> None:
+        text = fetch(self._url, self._timeout)
+        requests: dict[Labels, float] = {}
+        buckets: dict[Labels, float] = {}
+        declared: set[str] = set()
+        try:
+            for family in text_string_to_metric_families(text):
+                if self._requests and family.name in (self._requests, self._requests.removesuffix("_total")):
+                    declared.add(self._requests)
+                    requests.update(self._samples(family.samples, {self._requests, f"{family.name}_total"}))
+                elif self._latency and family.name == self._latency and family.type == "histogram":
+                    declared.add(self._latency)
+                    buckets.update(self._samples(family.samples, {f"{self._latency}_bucket"}))
+        except (ValueError, IndexError, TypeError) as error:
+            raise CollectorError(Reason.PARSE, f"scraping {safe_url(self._url)}: {error}") from None
+        # Deltas start only now, after a page that parsed: a failed scrape must not count as one.
+        elapsed = self._deltas.begin(self._clock())
+        request_increase = self._increases("requests", requests, elapsed is not None)
+        bucket_increase = self._increases("buckets", buckets, elapsed is not None)
+        missing = sorted({name for name in (self._requests, self._latency) if name} - declared)
+        if missing:
+            out.detail("metrics_not_on_page", missing)
+        if not elapsed:
+            return
+        if self._requests in declared:
+            out.set("app_requests_per_second", sum(request_increase.values()) / elapsed)
+            self._error_ratio(out, request_increase)
+        if self._latency in declared:
+            self._latencies(out, bucket_increase)
+
+    @staticmethod
+    def _samples(samples: Iterable[Sample], names: set[str]) -> dict[Labels, float]:
+        return {
+            tuple(sorted(sample.labels.items())): sample.value for sample in samples if sample.name in names
+        }
+
+    def _increases(self, kind: str, values: dict[Labels, float], has_previous: bool) -> dict[Labels, float]:
+        increases = {}
+        for labels, value in values.items():
+            key: Hashable = (kind, labels)
+            delta = self._deltas.delta(key, value)
+            if delta is not None:
+                increases[labels] = delta
+            elif has_previous:
+                increases[labels] = value  # born or reset since the previous scrape
+        return increases
+
+    @staticmethod
+    def _error_ratio(out: SampleBuilder, increases: dict[Labels, float]) -> None:
+        errors, with_status = 0.0, 0.0
+        for labels, increase in increases.items():
+            status = next((value for name, value in labels if name in STATUS_LABELS), None)
+            if status is not None:
+                with_status += increase
+                errors += increase if SERVER_ERROR.fullmatch(status) else 0.0
+        out.ratio("app_request_error_ratio", errors, with_status)
+
+    def _latencies(self, out: SampleBuilder, increases: dict[Labels, float]) -> None:
+        # Sum the buckets of every series (endpoint, method, ...) by bound, like sum by (le).
+        by_bound: dict[float, float] = defaultdict(float)
+        for labels, increase in increases.items():
+            bound = dict(labels).get("le")
+            if bound is None:
+                continue
+            try:
+                by_bound[float(bound)] += increase  # float() reads "+Inf" too
+            except ValueError:
+                raise CollectorError(Reason.PARSE, f"{self._latency}_bucket has le={bound!r}") from None
+        for q, name in ((0.5, "app_request_latency_p50_seconds"), (0.99, "app_request_latency_p99_seconds")):
+            value = histogram_quantile(q, by_bound.items())
+            if value is not None:
+                out.set(name, value * self._latency_scale)

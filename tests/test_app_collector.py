@@ -1,0 +1,211 @@
+"""The app collector against a real small HTTP app under a known load, and against a CPU-burning child.
+
+The load (tests/fixtures/app_server.py) is 300 requests: 30 answered 500, 20 taking 0.3 s and the rest
+0.02 s. With the app's buckets that puts the 297th-ranked request (p99) in (0.25, 0.5], 17 of that
+bucket's 20 observations in: PromQL's histogram_quantile says 0.25 + 0.25 x 17/20 = 0.4625 s.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from agent.config import Config, ConfigError
+from collectors.app import AppCollector, build
+from collectors.app.histogram import histogram_quantile
+from collectors.app.process import ProcessUsage
+from collectors.app.scrape import Scraper
+from collectors.base import CollectorError, Reason
+from tests.fixtures.app_server import AppServer, LoadPlan, run_load
+from tests.support import free_port
+
+REQUESTS, LATENCY = "http_requests_total", "http_request_duration_seconds"
+
+
+def app_collector(**entry: Any) -> AppCollector:
+    config = Config.model_validate({"interval": 2, "app": [{"name": "shop-web", **entry}]})
+    return build(config, config.app[0])
+
+
+def scraper(url: str, requests: str | None = REQUESTS, timeout: float = 2.0) -> AppCollector:
+    return AppCollector("shop-web", [Scraper(url, requests, LATENCY, timeout)])
+
+
+def test_rate_error_ratio_and_latency_under_load(app_server: AppServer) -> None:
+    collector = app_collector(
+        metrics_url=f"{app_server.url}/metrics", requests_metric=REQUESTS, latency_metric=LATENCY
+    )
+    first = collector.collect()
+    after_first = time.monotonic()
+    # No request yet: the families are declared but have no series, and one scrape has no rate.
+    assert first.series("app_requests_per_second") == {}
+    plan = LoadPlan()
+    run_load(app_server, plan)
+    before_second = time.monotonic()
+    second = collector.collect()
+
+    # Every series was born during the cycle (prometheus_client creates a labelled child on its first
+    # increment), so all of the load counts.
+    rate = second.get("app_requests_per_second")
+    assert rate == pytest.approx(plan.total / (before_second - after_first), rel=0.05)
+    assert second.get("app_request_error_ratio") == pytest.approx(plan.errors / plan.total)
+    assert plan.errors / plan.total == pytest.approx(0.1)
+
+    durations = sorted(app_server.durations)
+    fast, slow = durations[: plan.total - plan.slow], durations[plan.total - plan.slow :]
+    # The premise of the expected p99: fast requests below 0.25 s, slow ones in (0.25, 0.5].
+    assert max(fast) <= 0.25 < min(slow)
+    assert max(slow) <= 0.5
+    p99 = second.get("app_request_latency_p99_seconds")
+    assert p99 == pytest.approx(0.4625, abs=1e-9)
+    true_p99 = durations[int(0.99 * plan.total) - 1]
+    assert 0.25 < true_p99 <= 0.5  # the estimate is within the bucket that holds the true value
+    p50 = second.get("app_request_latency_p50_seconds")
+    assert p50 is not None
+    assert 0.01 < p50 <= 0.05
+
+    # A quiet cycle: rate 0, and no error ratio or latency because there was no request.
+    third = collector.collect()
+    assert third.get("app_requests_per_second") == 0
+    assert third.get("app_request_error_ratio") is None
+    assert third.get("app_request_latency_p99_seconds") is None
+
+
+def test_an_app_restart_counts_its_new_requests(app_server: AppServer) -> None:
+    collector = scraper(f"{app_server.url}/metrics")
+    run_load(app_server, LoadPlan(total=40, fast_delay=0, slow_delay=0))
+    collector.collect()
+    after_first = time.monotonic()
+    app_server.stop()
+    restarted = AppServer(app_server.port)  # counters start from zero again
+    try:
+        run_load(restarted, LoadPlan(total=20, fast_delay=0, slow_delay=0))
+        before_second = time.monotonic()
+        sample = collector.collect()
+    finally:
+        restarted.stop()
+    assert sample.get("app_requests_per_second") == pytest.approx(
+        20 / (before_second - after_first), rel=0.05
+    )
+    assert sample.get("app_request_error_ratio") == pytest.approx(2 / 20)
+
+
+def test_error_ratio_is_absent_without_a_status_label(app_server: AppServer) -> None:
+    collector = scraper(f"{app_server.url}/metrics", requests="queue_jobs_total")
+    collector.collect()
+    run_load(app_server, LoadPlan(total=30, fast_delay=0, slow_delay=0))
+    sample = collector.collect()
+    rate = sample.get("app_requests_per_second")
+    assert rate is not None
+    assert rate > 0
+    assert sample.get("app_request_error_ratio") is None
+
+
+def test_a_metric_missing_from_the_page_is_named(app_server: AppServer) -> None:
+    collector = scraper(f"{app_server.url}/metrics", requests="http_requests_typo_total")
+    collector.collect()
+    sample = collector.collect()
+    assert sample.get("app_requests_per_second") is None
+    assert sample.details["metrics_not_on_page"] == ["http_requests_typo_total"]
+
+
+def test_scrape_failures_have_reasons(app_server: AppServer) -> None:
+    cases = [
+        (f"http://127.0.0.1:{free_port()}/metrics", Reason.UNREACHABLE, "Connection refused"),
+        (f"{app_server.url}/broken", Reason.PARSE, "invalid metric name"),
+        (f"{app_server.url}/nothing-here?token=secret", Reason.OTHER, "HTTP 404"),
+        (f"{app_server.url}/slow", Reason.TIMEOUT, "no answer within 0.3 s"),
+    ]
+    for url, reason, text in cases:
+        started = time.monotonic()
+        with pytest.raises(CollectorError) as failure:
+            scraper(url, timeout=0.3).collect()
+        assert failure.value.reason is reason, failure.value
+        assert text in failure.value.detail
+        assert "secret" not in failure.value.detail
+        assert time.monotonic() - started < 1.0
+
+
+def test_pool_size_and_hpa(app_server: AppServer) -> None:
+    collector = app_collector(
+        metrics_url=f"{app_server.url}/metrics?token=secret",
+        requests_metric=REQUESTS,
+        pool_size=20,
+        hpa="web",
+    )
+    sample = collector.collect()
+    assert sample.get("app_pool_size") == 20
+    assert sample.details["hpa"] == "web"
+    assert collector.describe() == (
+        f"app shop-web (metrics {app_server.url}/metrics; pool size 20; scaled by HPA web)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({}, "set at least one of process, metrics_url, pool_size, hpa"),
+        (
+            {"pool_size": 5, "requests_metric": REQUESTS},
+            "requests_metric and latency_metric need metrics_url",
+        ),
+        ({"metrics_url": "http://127.0.0.1:9/metrics"}, "metrics_url needs requests_metric"),
+        (
+            {"metrics_url": "file:///etc/passwd", "requests_metric": REQUESTS},
+            "must be an http:// or https://",
+        ),
+    ],
+)
+def test_unusable_entries_are_refused(entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        app_collector(**entry)
+
+
+@pytest.fixture
+def burner() -> Iterator[str]:
+    """A child process with a distinctive command line that keeps one CPU busy for at most 10 s."""
+    tag = f"tierwatch-burner-{uuid.uuid4().hex[:8]}"
+    code = f"import time\nend = time.time() + 10  # {tag}\nwhile time.time() < end: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    yield tag
+    child.kill()
+    child.wait()
+
+
+def test_process_cpu_and_memory_exclude_the_agent(burner: str) -> None:
+    # The pattern also matches this test process's own command line, which must not count.
+    own = re.escape(" ".join(psutil.Process().cmdline()))
+    collector = AppCollector("shop-web", [ProcessUsage(f"{burner}|^{own}$")])
+    collector.collect()
+    time.sleep(1.5)
+    sample = collector.collect()
+    assert sample.get("app_processes") == 1
+    cores = sample.get("app_process_cpu_cores")
+    assert cores is not None
+    assert 0.5 < cores <= 1.1
+    assert sample.get("app_process_cpu_ratio") == pytest.approx(cores / (os.cpu_count() or 1))
+    rss = sample.get("app_process_resident_memory_bytes")
+    assert rss is not None
+    assert rss > 1_000_000
+
+
+def test_histogram_quantile_follows_promql() -> None:
+    inf = float("inf")
+    # Interpolation inside a bucket; the lowest bucket starts at 0.
+    assert histogram_quantile(0.5, [(0.1, 10), (0.2, 30), (inf, 40)]) == pytest.approx(0.15)
+    assert histogram_quantile(0.25, [(0.1, 20), (0.2, 30), (inf, 40)]) == pytest.approx(0.05)
+    # A rank in the +Inf bucket: the highest finite bound.
+    assert histogram_quantile(0.99, [(0.1, 10), (0.2, 10), (inf, 40)]) == 0.2
+    # Counts that dip (a series appearing mid-cycle) are made monotonic first.
+    assert histogram_quantile(0.5, [(0.1, 10), (0.2, 8), (inf, 20)]) == pytest.approx(0.1)
+    assert histogram_quantile(0.5, [(0.1, 0), (inf, 0)]) is None
+    assert histogram_quantile(0.5, [(0.1, 3), (0.2, 5)]) is None  # no +Inf bucket
