@@ -5,4 +5,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures.postgres_server",
     "tests.fixtures.pgbouncer_server",
     "tests.fixtures.alertmanager_server",
+    "tests.fixtures.kube_api",
+    "tests.fixtures.app_server",
 ]
