@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from agent.config import Config, ConfigError
 from agent.store import Store
-from alerts.classifier import classify
+from alerts.classifier import Verdict, classify
+from alerts.conditions import Scope
 from alerts.lifecycle import Alert, AlertTracker
 from alerts.rules import Rule
 from alerts.table import RULES, SIGNALS
@@ -35,6 +36,18 @@ def configured_rules(config: Config) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def exported_signals(verdicts: list[Verdict]) -> dict[tuple[str, str], float]:
+    """Values of the signals PromQL cannot compute, by (signal, target; "" for a global one), for
+    ``tierwatch_signal_value``: the exported Prometheus rules read them."""
+    values = {}
+    for verdict in verdicts:
+        for name, value in verdict.evidence.items():
+            signal = SIGNALS[name]
+            if signal.exported:
+                values[(name, verdict.target if signal.scope is Scope.TARGET else "")] = value
+    return values
+
+
 class AlertingJob:
     def __init__(
         self,
@@ -52,6 +65,6 @@ class AlertingJob:
     def run_cycle(self) -> None:
         verdicts = classify(self._store.windows(), self._rules, SIGNALS)
         active, resolved = self._tracker.update(verdicts, self._clock())
-        self._store.set_alerts(tuple(active))
+        self._store.set_alerts(tuple(active), exported_signals(verdicts))
         if self._notify is not None:
             self._notify(active, resolved)

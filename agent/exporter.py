@@ -42,6 +42,7 @@ class StoreCollector:
             yield from self._self_metrics()
             yield from self._tier_metrics()
             yield self._alert_series()
+            yield self._signal_series()
         except Exception:  # a bug here must cost a scrape its tier series, never the endpoint
             log.exception("rendering /metrics failed")
 
@@ -83,6 +84,16 @@ class StoreCollector:
             family.add_metric(
                 [rule.name, alert.state.value, rule.severity.value, rule.tier, alert.verdict.target], 1
             )
+        return family
+
+    def _signal_series(self) -> Metric:
+        family = GaugeMetricFamily(
+            f"{PREFIX}signal_value",
+            "Bottleneck signals the classifier derives across tiers (read by `tierwatch rules`).",
+            labels=["signal", "target"],
+        )
+        for (name, target), value in sorted(self._store.signals().items()):
+            family.add_metric([name, target], value)
         return family
 
     def _tier_metrics(self) -> Iterator[Metric]:

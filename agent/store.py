@@ -61,6 +61,7 @@ class Store:
         self._latest: dict[TargetKey, Sample] = {}
         self._status: dict[TargetKey, TargetStatus] = {}
         self._alerts: tuple[Alert, ...] = ()
+        self._signals: dict[tuple[str, str], float] = {}
         self.version = 0
 
     def register(self, collector: str, target: str) -> None:
@@ -118,12 +119,17 @@ class Store:
         with self._lock:
             return {key: self._rings[key].snapshot() if key in self._latest else () for key in self._status}
 
-    def set_alerts(self, alerts: tuple[Alert, ...]) -> None:
-        """The active alerts, as the alert lifecycle last computed them."""
+    def set_alerts(self, alerts: tuple[Alert, ...], signals: dict[tuple[str, str], float]) -> None:
+        """The active alerts, as the alert lifecycle last computed them, and the derived signal
+        values the exported Prometheus rules need."""
         with self._lock:
-            if alerts != self._alerts:
-                self._alerts = alerts
+            if alerts != self._alerts or signals != self._signals:
+                self._alerts, self._signals = alerts, signals
                 self.version += 1
+
+    def signals(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return dict(self._signals)
 
     def alerts(self) -> tuple[Alert, ...]:
         with self._lock:

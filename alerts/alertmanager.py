@@ -155,7 +155,7 @@ class AlertmanagerSender:
             "annotations": {
                 "summary": verdict.summary,
                 "description": describe_evidence(verdict),
-                "remediation": rule.remediation,
+                "remediation": verdict.remediation,
                 "runbook_url": self._runbook_base + rule.runbook,
             },
             "startsAt": rfc3339(alert.active_since),

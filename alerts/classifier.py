@@ -26,11 +26,19 @@ class Verdict:
     truth: Truth
     evidence: Mapping[str, float]
     summary: str
+    remediation: str = ""
+    details: Mapping[str, object] = field(default_factory=dict)  # the target's evidence beyond numbers
     missing: tuple[str, ...] = ()
+    because: tuple[str, ...] = ()  # the signals whose comparisons held
     root_causes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.remediation:
+            object.__setattr__(self, "remediation", self.rule.remediation)
 
     @property
     def key(self) -> tuple[str, str, str]:
+
         return (self.rule.name, self.collector, self.target)
 
 
@@ -53,28 +61,37 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
         for name, signal in signals.items()
         if signal.scope is Scope.GLOBAL and (value := signal.for_all(windows)) is not None
     }
+    _add_derived(global_values, [s for s in signals.values() if s.scope is Scope.GLOBAL])
+
     verdicts = []
     for rule in rules:
         if not rule.enabled:
             continue
-        needed = [signals[name] for name in rule.signal_names()]
+        needed = _with_inputs(rule.signal_names(), signals)
         for collector, condition in rule.when.items():
             for (source, target), window in sorted(windows.items()):
                 if source != collector:
                     continue
                 for subject, values in _subjects(target, window, collector, needed, global_values):
                     evidence = {s.name: values[s.name] for s in needed if s.name in values}
+                    truth = condition.evaluate(values, rule.thresholds)
                     verdicts.append(
                         Verdict(
                             rule=rule,
                             collector=collector,
                             target=subject,
-                            truth=condition.evaluate(values, rule.thresholds),
+                            truth=truth,
                             evidence=MappingProxyType(evidence),
                             summary=_summary(rule, subject, evidence, signals),
+                            remediation=_remediation(rule, values),
+                            details=window[-1].details if window else {},
                             missing=tuple(name for name in condition.signals() if name not in values),
+                            because=tuple(dict.fromkeys(condition.held(values, rule.thresholds)))
+                            if truth
+                            else (),
                         )
                     )
+
     return _name_root_causes(verdicts)
 
 
@@ -84,11 +101,13 @@ def _subjects(
     """What one rule is judged on within a target: the target itself, or each value of its split
     label (each HPA of a namespace, named ``namespace/hpa``)."""
     values = dict(global_values)
-    for signal in needed:
-        if signal.scope is Scope.TARGET and signal.subject == collector and signal.split is None:
+    own = [s for s in needed if s.scope is Scope.TARGET and s.subject == collector]
+    for signal in own:
+        if signal.split is None and not signal.derived:
             value = signal.for_target(window)
             if value is not None:
                 values[signal.name] = value
+    _add_derived(values, own)
     splits = {s.name: s.for_split(window) for s in needed if s.subject == collector and s.split is not None}
     keys = sorted({key for per_key in splits.values() for key in per_key})
     if not keys:
@@ -98,7 +117,37 @@ def _subjects(
         yield f"{target}/{key}", {**values, **{name: v[key] for name, v in splits.items() if key in v}}
 
 
+def _remediation(rule: Rule, values: Mapping[str, float]) -> str:
+    for condition, text in rule.remediation_if:
+        if condition.evaluate(values, rule.thresholds):
+            return text
+    return rule.remediation
+
+
+def _with_inputs(names: list[str], signals: Registry) -> list[Signal]:
+    """The signals a rule names plus, before each derived one, the signals it is computed from."""
+    ordered: dict[str, Signal] = {}
+
+    def visit(name: str) -> None:
+        signal = signals[name]
+        for source in signal.inputs:
+            visit(source)
+        ordered.setdefault(name, signal)
+
+    for name in names:
+        visit(name)
+    return list(ordered.values())
+
+
+def _add_derived(values: dict[str, float], signals: list[Signal]) -> None:
+
+    for signal in signals:
+        if signal.derived and (value := signal.from_values(values)) is not None:
+            values[signal.name] = value
+
+
 def _name_root_causes(verdicts: list[Verdict]) -> list[Verdict]:
+
     causes = [v for v in verdicts if v.truth and v.rule.root_cause]
     return [replace(verdict, root_causes=_causes_elsewhere(verdict, causes)) for verdict in verdicts]
 

@@ -40,6 +40,11 @@ class Compare:
     def signals(self) -> Iterator[str]:
         yield self.signal
 
+    def held(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Iterator[str]:
+        """The signals whose comparisons hold: what made the verdict true."""
+        if self.evaluate(signals, thresholds):
+            yield self.signal
+
     def thresholds(self) -> Iterator[str]:
         yield self.threshold
 
@@ -57,6 +62,10 @@ class AllOf:
     def signals(self) -> Iterator[str]:
         for part in self.parts:
             yield from part.signals()
+
+    def held(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Iterator[str]:
+        for part in self.parts:
+            yield from part.held(signals, thresholds)
 
     def thresholds(self) -> Iterator[str]:
         for part in self.parts:
@@ -77,6 +86,10 @@ class AnyOf:
         for part in self.parts:
             yield from part.signals()
 
+    def held(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Iterator[str]:
+        for part in self.parts:
+            yield from part.held(signals, thresholds)
+
     def thresholds(self) -> Iterator[str]:
         for part in self.parts:
             yield from part.thresholds()
@@ -90,6 +103,9 @@ class NotTrue:
 
     def evaluate(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Truth:
         return self.part.evaluate(signals, thresholds) is not True
+
+    def held(self, _signals: Mapping[str, float], _thresholds: Mapping[str, float]) -> Iterator[str]:
+        yield from ()  # an absence holds; no signal made it
 
     def signals(self) -> Iterator[str]:
         yield from self.part.signals()
@@ -107,6 +123,9 @@ class WhenPresent:
 
     def evaluate(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Truth:
         return self.part.evaluate(signals, thresholds) is True
+
+    def held(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Iterator[str]:
+        yield from self.part.held(signals, thresholds)
 
     def signals(self) -> Iterator[str]:
         yield from self.part.signals()

@@ -51,7 +51,6 @@ class AlertTracker:
                 self._active[key] = replace(alert, last_held=now)
                 continue
 
-
             keep_firing = alert.verdict.rule.keep_firing_seconds
             if alert.state is State.FIRING and now - alert.last_held < keep_firing:
                 continue

@@ -15,14 +15,18 @@ def rfc3339(timestamp: float) -> str:
 
 def evidence_of(verdict: Verdict) -> dict[str, Any]:
     evidence: dict[str, Any] = dict(verdict.evidence)
+    if verdict.because:
+        evidence["because"] = list(verdict.because)
     if verdict.root_causes:
         evidence["root_cause"] = "; ".join(verdict.root_causes)
     return evidence
 
 
 def describe_evidence(verdict: Verdict) -> str:
-    """One line for an Alertmanager description: signal=value pairs, root cause first."""
+    """One line for an Alertmanager description: root cause, what held, then signal=value pairs."""
     parts = [f"root cause: {cause}" for cause in verdict.root_causes]
+    if verdict.because:
+        parts.append(f"because: {', '.join(verdict.because)}")
     parts += [f"{name}={value:.4g}" for name, value in verdict.evidence.items()]
     return "; ".join(parts)
 
@@ -39,7 +43,7 @@ def alert_json(alert: Alert, runbook_base_url: str) -> dict[str, Any]:
         "active_since": rfc3339(alert.active_since),
         "summary": verdict.summary,
         "evidence": evidence_of(verdict),
-        "remediation": verdict.rule.remediation,
+        "remediation": verdict.remediation,
         "runbook_url": runbook_base_url + verdict.rule.runbook,
     }
 
@@ -56,6 +60,6 @@ def verdict_json(verdict: Verdict, runbook_base_url: str) -> dict[str, Any]:
         "summary": verdict.summary,
         "evidence": evidence_of(verdict),
         "missing_signals": list(verdict.missing),
-        "remediation": verdict.rule.remediation,
+        "remediation": verdict.remediation,
         "runbook_url": runbook_base_url + verdict.rule.runbook,
     }

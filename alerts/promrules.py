@@ -39,6 +39,10 @@ class Translator:
         targeted = any(self._signals[name].scope is Scope.TARGET for name in condition.signals())
         return Scope.TARGET if targeted else Scope.GLOBAL
 
+    def split(self, condition: Condition) -> str | None:
+        """The split label of a condition's signals (``hpa``), or None."""
+        return next((s for name in condition.signals() if (s := self._signals[name].split)), None)
+
     def expression(self, condition: Condition) -> str:
         if isinstance(condition, Compare):
             threshold = self._rule.thresholds[condition.threshold]
@@ -68,8 +72,32 @@ class Translator:
         return text
 
     def _on(self, left: Condition, right: Condition) -> str:
-        both_targeted = self.scope(left) is Scope.TARGET and self.scope(right) is Scope.TARGET
-        return "on(target)" if both_targeted else "on()"
+        if self.scope(left) is not Scope.TARGET or self.scope(right) is not Scope.TARGET:
+            return "on()"
+        split = self.split(left)
+        return f"on(target, {split})" if split and split == self.split(right) else "on(target)"
+
+    def rule_expression(self) -> str:
+        parts = []
+        for condition in self._rule.when.values():
+            text = self.expression(condition)
+            split = self.split(condition)
+            if split:
+                # Judged per split value, named "<target>/<value>" as the agent names it; the
+                # original target stays as label "namespace" for the summary's queries.
+                text = (
+                    f'label_join(label_replace({text}, "namespace", "$1", "target", "(.*)"), '
+                    f'"target", "/", "target", "{split}")'
+                )
+            parts.append(f"({text})")
+        return " or ".join(parts)
+
+    def remediation(self) -> str:
+        text = self._rule.remediation
+        for condition, alternative in reversed(self._rule.remediation_if):
+            query = f"query `{self.expression(condition)}`"
+            text = f"{{{{ with {query} }}}}{alternative}{{{{ else }}}}{text}{{{{ end }}}}"
+        return text
 
     def summary(self) -> str:
         return _PLACEHOLDER.sub(lambda match: self._figure(match.group(1)), self._rule.summary)
@@ -78,7 +106,10 @@ class Translator:
         if name == "target":
             return "{{ $labels.target }}"
         signal = self._signals[name]
-        if signal.scope is Scope.TARGET:
+        if signal.split:
+            matchers = f"target=%q,{signal.split}=%q"
+            query = f"printf `{signal.promql(matchers)}` $labels.namespace $labels.{signal.split} | query"
+        elif signal.scope is Scope.TARGET:
             query = f"printf `{signal.promql('target=%q')}` $labels.target | query"
         else:
             query = f"query `{signal.promql('')}`"
@@ -88,16 +119,15 @@ class Translator:
 
 def prometheus_rule(rule: Rule, signals: Registry, runbook_base_url: str) -> dict[str, Any]:
     translator = Translator(rule, signals)
-    expressions = [translator.expression(condition) for condition in rule.when.values()]
     return {
         "alert": rule.name,
-        "expr": " or ".join(f"({expression})" for expression in expressions),
+        "expr": translator.rule_expression(),
         "for": f"{rule.for_seconds:g}s",
         "keep_firing_for": f"{rule.keep_firing_seconds:g}s",
         "labels": {"severity": rule.severity.value, "tier": rule.tier},
         "annotations": {
             "summary": translator.summary(),
-            "remediation": rule.remediation,
+            "remediation": translator.remediation(),
             "runbook_url": runbook_base_url + rule.runbook,
         },
     }

@@ -12,6 +12,10 @@ from alerts.conditions import Condition
 RUNBOOK_PATH = "docs/alerts/{name}.md"
 
 
+def thresholds(**values: float) -> MappingProxyType[str, float]:
+    return MappingProxyType(values)
+
+
 class Severity(StrEnum):
     CRITICAL = "critical"
     WARNING = "warning"
@@ -34,6 +38,9 @@ class Rule:
     context: tuple[str, ...] = ()
     # A root cause is named in the evidence of other tiers' alerts that hold at the same time.
     root_cause: bool = False
+    # Remediation that replaces the default when its condition holds (first match wins): a scaling
+    # ceiling with a saturated database behind it needs the opposite advice.
+    remediation_if: tuple[tuple[Condition, str], ...] = ()
     enabled: bool = True
     runbook: str = field(default="")
 
@@ -41,8 +48,11 @@ class Rule:
         if not self.runbook:
             object.__setattr__(self, "runbook", RUNBOOK_PATH.format(name=self.name))
 
+    def conditions(self) -> list[Condition]:
+        return [*self.when.values(), *(condition for condition, _ in self.remediation_if)]
+
     def signal_names(self) -> list[str]:
-        names = [name for condition in self.when.values() for name in condition.signals()]
+        names = [name for condition in self.conditions() for name in condition.signals()]
         return list(dict.fromkeys([*names, *self.context]))
 
     def with_overrides(

@@ -35,6 +35,20 @@ class Signal:
     # A split signal has one value per value of this label (an HPA among a namespace's HPAs).
     split: str | None = None
     compute_split: Callable[[Window], Mapping[str, float]] | None = None
+    # A derived signal is arithmetic over other signals' values (global ones and its target's).
+    inputs: tuple[str, ...] = ()
+    compute_derived: Callable[[Mapping[str, float]], float | None] | None = None
+    # The agent exports this signal's value (tierwatch_signal_value) because PromQL cannot compute it.
+    exported: bool = False
+
+    @property
+    def derived(self) -> bool:
+        return self.compute_derived is not None
+
+    def from_values(self, values: Mapping[str, float]) -> float | None:
+        """The derived value; the computation itself returns None when an input it needs is missing
+        (some inputs are alternatives: an app's pool size, else the observed connections per client)."""
+        return self.compute_derived(values) if self.compute_derived else None
 
     def for_target(self, window: Window) -> float | None:
         return self.compute_target(window) if self.compute_target and window else None
@@ -167,4 +181,122 @@ def per_label_rise(name: str, subject: str, metric: str, label: str, window_text
         ),
         split=label,
         compute_split=compute,
+    )
+
+
+DERIVED_METRIC = "signal_value"
+
+
+def derived(
+    name: str,
+    scope: Scope,
+    subject: str,
+    unit: Unit,
+    *,
+    inputs: tuple[str, ...],
+    compute: Callable[[Mapping[str, float]], float | None],
+) -> Signal:
+    """Arithmetic over other signals. PromQL cannot join what it needs (an app's pool size with its
+    HPA's maxReplicas, say), so the agent exports the value it computed as
+    ``tierwatch_signal_value{signal, target}`` and the exported rule reads that."""
+    return Signal(
+        name,
+        scope,
+        subject,
+        unit,
+        exported_promql(name, scope),
+        inputs=inputs,
+        compute_derived=compute,
+        exported=True,
+    )
+
+
+def exported_promql(name: str, scope: Scope) -> PromQL:
+    series = selector(DERIVED_METRIC, {"signal": name})
+    if scope is Scope.TARGET:
+        return lambda extra: f"max by (target) ({series(extra)})"
+    return lambda extra: f"max({series(extra)})"
+
+
+def from_windows(name: str, subject: str, unit: Unit, compute: Callable[[Windows], float | None]) -> Signal:
+    """A global signal computed from the windows in a way PromQL cannot follow; exported like a
+    derived one."""
+    return Signal(
+        name,
+        Scope.GLOBAL,
+        subject,
+        unit,
+        exported_promql(name, Scope.GLOBAL),
+        compute_global=compute,
+        exported=True,
+    )
+
+
+def latest_sum(name: str, subject: str, metric: str, unit: Unit) -> Signal:
+    """The sum of a labelled metric's newest values (clients waiting in all pools, sessions of all states)."""
+
+    def compute(window: Window) -> float | None:
+        values = window[-1].series(metric).values()
+        return sum(values) if values else None
+
+    series = selector(metric)
+    return Signal(
+        name, Scope.TARGET, subject, unit, lambda extra: f"sum by (target) ({series(extra)})", compute
+    )
+
+
+def latest_max_of(name: str, subject: str, unit: Unit, metrics: tuple[str, ...]) -> Signal:
+    """The largest newest value among several metrics (a primary's replica lags, a standby's delay)."""
+
+    def compute(window: Window) -> float | None:
+        values = [value for metric in metrics for value in window[-1].series(metric).values()]
+        return max(values) if values else None
+
+    selectors = [selector(metric) for metric in metrics]
+    return Signal(
+        name,
+        Scope.TARGET,
+        subject,
+        unit,
+        lambda extra: f"max by (target) ({' or '.join(s(extra) for s in selectors)})",
+        compute,
+    )
+
+
+def quotient(name: str, unit: Unit, numerator: Signal, denominator: Signal) -> Signal:
+    """numerator / denominator of one target; absent when the denominator is zero."""
+
+    def compute(window: Window) -> float | None:
+        top, bottom = numerator.for_target(window), denominator.for_target(window)
+        return top / bottom if top is not None and bottom else None
+
+    return Signal(
+        name,
+        Scope.TARGET,
+        numerator.subject,
+        unit,
+        lambda extra: f"({numerator.promql(extra)}) / on(target) ({denominator.promql(extra)} > 0)",
+        compute,
+    )
+
+
+def counter_rate(name: str, subject: str, metric: str) -> Signal:
+    """Per-second increase of a counter's sum over its labels between the two newest samples."""
+
+    def compute(window: Window) -> float | None:
+        if len(window) < 2:
+            return None
+        before, after = window[-2], window[-1]
+        elapsed = after.timestamp - before.timestamp
+        now, then = sum(after.series(metric).values()), sum(before.series(metric).values())
+        return (now - then) / elapsed if elapsed > 0 and now >= then else None
+
+    series = selector(metric)
+    return Signal(
+        name,
+        Scope.TARGET,
+        subject,
+        Unit.PER_SECOND,
+        lambda extra: f"sum by (target) (rate({series(extra)}[1m]))",
+        compute,
     )

@@ -1,66 +1,34 @@
-"""The rule table: every alert of the symptom table, as data, with the signals it reads."""
+"""The rule table: every alert of the symptom table, as data. Host-tier rules are here; the rules of
+the other tiers are in ``alerts.tier_rules``; the signals they read in ``alerts.signal_table``."""
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 from alerts.conditions import Compare, NotTrue, WhenPresent, all_of, any_of
-from alerts.rules import Rule, Severity
-from alerts.signals import Registry, latest, latest_max, registry, worst_of
-from collectors.base import Unit
+from alerts.rules import Rule, Severity, thresholds
+from alerts.signal_table import SIGNALS
+from alerts.tier_rules import TIER_RULES
 
-R, PS, S = Unit.RATIO, Unit.PER_SECOND, Unit.SECONDS
+__all__ = ["RULES", "SIGNALS"]
 
-# Host tier (the host collector: VM, node, or the pod's cgroup in a sidecar).
-HOST_SIGNALS = (
-    latest("host_cpu_ratio", "host", "host_cpu_utilization_ratio", R),
-    latest("host_iowait_ratio", "host", "host_cpu_iowait_ratio", R),
-    latest("host_memory_used_ratio", "host", "host_memory_used_ratio", R),
-    latest("host_swap_in_per_second", "host", "host_swap_in_pages_per_second", PS),
-    latest(
-        "host_memory_stall_ratio",
-        "host",
-        "host_pressure_stall_avg10_ratio",
-        R,
-        {"resource": "memory", "kind": "some"},
+# A host that is swapping: memory nearly full and pages coming back from swap (or tasks stalled on
+# memory). Shared by MemorySwapping and by DiskIOBound, which leaves swap traffic to it.
+SWAPPING = all_of(
+    Compare("host_memory_used_ratio", ">=", "memory_used_ratio"),
+    any_of(
+        Compare("host_swap_in_per_second", ">=", "swap_in_pages_per_second"),
+        WhenPresent(Compare("host_memory_stall_ratio", ">=", "memory_stall_ratio")),
     ),
-    latest(
-        "host_io_stall_ratio",
-        "host",
-        "host_pressure_stall_avg10_ratio",
-        R,
-        {"resource": "io", "kind": "some"},
-    ),
-    latest_max("host_disk_busy_max_ratio", "host", "host_disk_busy_ratio", R),
-    latest("host_cpu_throttled_ratio", "host", "host_cgroup_cpu_throttled_periods_ratio", R),
-    latest("host_cgroup_cpu_limit_ratio", "host", "host_cgroup_cpu_limit_utilization_ratio", R),
 )
-# App tier: matched processes on a shared host.
-APP_SIGNALS = (latest("app_cpu_ratio", "app", "app_process_cpu_ratio", R),)
-GLOBAL_SIGNALS = (worst_of("app_tier_cpu_max_ratio", APP_SIGNALS[0]),)
-
-SIGNALS: Registry = registry(*HOST_SIGNALS, *APP_SIGNALS, *GLOBAL_SIGNALS)
+SWAPPING_THRESHOLDS = {"memory_used_ratio": 0.9, "swap_in_pages_per_second": 10.0, "memory_stall_ratio": 0.1}
 
 
-def thresholds(**values: float) -> MappingProxyType[str, float]:
-    return MappingProxyType(values)
-
-
-RULES: tuple[Rule, ...] = (
+HOST_RULES: tuple[Rule, ...] = (
     Rule(
         name="MemorySwapping",
         tier="host",
         severity=Severity.CRITICAL,
-        when={
-            "host": all_of(
-                Compare("host_memory_used_ratio", ">=", "memory_used_ratio"),
-                any_of(
-                    Compare("host_swap_in_per_second", ">=", "swap_in_pages_per_second"),
-                    WhenPresent(Compare("host_memory_stall_ratio", ">=", "memory_stall_ratio")),
-                ),
-            )
-        },
-        thresholds=thresholds(memory_used_ratio=0.9, swap_in_pages_per_second=10, memory_stall_ratio=0.1),
+        when={"host": SWAPPING},
+        thresholds=thresholds(**SWAPPING_THRESHOLDS),
         for_seconds=60,
         keep_firing_seconds=120,
         summary="{target} is swapping: memory {host_memory_used_ratio} used, {host_swap_in_per_second} pages "
@@ -88,11 +56,11 @@ RULES: tuple[Rule, ...] = (
                     WhenPresent(Compare("host_io_stall_ratio", ">=", "io_stall_ratio")),
                 ),
                 # Swap traffic is disk I/O too; then the cause is memory and MemorySwapping names it.
-                NotTrue(Compare("host_swap_in_per_second", ">=", "swap_in_pages_per_second")),
+                NotTrue(SWAPPING),
             )
         },
         thresholds=thresholds(
-            iowait_ratio=0.2, disk_busy_ratio=0.9, io_stall_ratio=0.3, swap_in_pages_per_second=10
+            iowait_ratio=0.2, disk_busy_ratio=0.9, io_stall_ratio=0.3, **SWAPPING_THRESHOLDS
         ),
         for_seconds=120,
         keep_firing_seconds=120,
@@ -129,3 +97,6 @@ RULES: tuple[Rule, ...] = (
         context=("host_cgroup_cpu_limit_ratio",),
     ),
 )
+
+
+RULES: tuple[Rule, ...] = (*HOST_RULES, *TIER_RULES)

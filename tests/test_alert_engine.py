@@ -140,7 +140,7 @@ def test_rule_overrides(tmp_path: Path) -> None:
 
 def test_table_is_consistent() -> None:
     for rule in RULES:
-        used = {name for condition in rule.when.values() for name in condition.thresholds()}
+        used = {name for condition in rule.conditions() for name in condition.thresholds()}
         assert used == set(rule.thresholds), rule.name  # no threshold is dead or undefined
         for name in rule.signal_names():
             assert name in SIGNALS, f"{rule.name} reads unknown signal {name}"
