@@ -44,6 +44,7 @@ def test_rate_error_ratio_and_latency_under_load(app_server: AppServer) -> None:
     collector = app_collector(
         metrics_url=f"{app_server.url}/metrics", requests_metric=REQUESTS, latency_metric=LATENCY
     )
+    before_first = time.monotonic()
     first = collector.collect()
     after_first = time.monotonic()
     # No request yet: the families are declared but have no series, and one scrape has no rate.
@@ -52,11 +53,15 @@ def test_rate_error_ratio_and_latency_under_load(app_server: AppServer) -> None:
     run_load(app_server, plan)
     before_second = time.monotonic()
     second = collector.collect()
+    after_second = time.monotonic()
 
     # Every series was born during the cycle (prometheus_client creates a labelled child on its first
     # increment), so all of the load counts.
     rate = second.get("app_requests_per_second")
-    assert rate == pytest.approx(plan.total / (before_second - after_first), rel=0.05)
+    assert rate is not None
+    # The collector's own clock readings fall inside these marks, whatever the machine's load.
+    assert plan.total / (after_second - before_first) <= rate <= plan.total / (before_second - after_first)
+
     assert second.get("app_request_error_ratio") == pytest.approx(plan.errors / plan.total)
     assert plan.errors / plan.total == pytest.approx(0.1)
 
@@ -83,6 +88,7 @@ def test_rate_error_ratio_and_latency_under_load(app_server: AppServer) -> None:
 def test_an_app_restart_counts_its_new_requests(app_server: AppServer) -> None:
     collector = scraper(f"{app_server.url}/metrics")
     run_load(app_server, LoadPlan(total=40, fast_delay=0, slow_delay=0))
+    before_first = time.monotonic()
     collector.collect()
     after_first = time.monotonic()
     app_server.stop()
@@ -91,11 +97,15 @@ def test_an_app_restart_counts_its_new_requests(app_server: AppServer) -> None:
         run_load(restarted, LoadPlan(total=20, fast_delay=0, slow_delay=0))
         before_second = time.monotonic()
         sample = collector.collect()
+        after_second = time.monotonic()
     finally:
         restarted.stop()
-    assert sample.get("app_requests_per_second") == pytest.approx(
-        20 / (before_second - after_first), rel=0.05
-    )
+    # The collector reads its clock inside each collect(), so its interval lies between these bounds:
+    # exact whatever else the machine is doing.
+    rate = sample.get("app_requests_per_second")
+    assert rate is not None
+    assert 20 / (after_second - before_first) <= rate <= 20 / (before_second - after_first)
+
     assert sample.get("app_request_error_ratio") == pytest.approx(2 / 20)
 
 
