@@ -1,0 +1,50 @@
+"""Shared pieces of the scenario tests: an agent with short `for` durations and alert polling."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from alerts.names import ALERT_NAMES
+from tests.proc_trees import DATA
+from tests.support import AgentProcess, http_get
+
+QUIET_HOST = DATA / "no-psi" / "t1"
+# Scenario tests judge naming, not patience: every rule may fire after 1 s of holding.
+FAST_RULES = {name: {"for": 1} for name in ALERT_NAMES}
+
+
+def quiet_host() -> dict[str, Any]:
+    """The host collector on a recorded idle host, so the machine running the tests cannot add alerts."""
+    return {
+        "name": "node-a",
+        "procfs": str(QUIET_HOST / "proc"),
+        "sysfs": str(QUIET_HOST / "sys"),
+        "cgroupfs": str(QUIET_HOST / "cgroup"),
+    }
+
+
+def scenario_agent(tmp_path: Path, **sections: Any) -> AgentProcess:
+    config = {"interval": 0.5, "host": quiet_host(), "rules": FAST_RULES, **sections}
+    return AgentProcess(tmp_path, config)
+
+
+def firing(agent: AgentProcess) -> dict[tuple[str, str], dict[str, Any]]:
+    alerts = json.loads(http_get(f"{agent.url}/api/v1/alerts")[1])
+    return {(alert["name"], alert["target"]): alert for alert in alerts if alert["state"] == "firing"}
+
+
+def wait_for_alerts(
+    agent: AgentProcess, expected: set[tuple[str, str]], timeout: float = 20
+) -> dict[str, Any]:
+    """Waits until exactly ``expected`` fire (by name and target); returns them by name."""
+    deadline = time.monotonic() + timeout
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        seen = firing(agent)
+        if set(seen) == expected:
+            return {name: alert for (name, _), alert in seen.items()}
+        time.sleep(0.25)
+    raise AssertionError(f"expected {sorted(expected)}, firing {sorted(seen)}\n{agent.log()[-3000:]}")
