@@ -39,8 +39,11 @@ def collect_report(config: Config, duration: float) -> dict[str, Any]:
     try:
         _run_cycles(runners, duration)
     finally:
+        for runner in runners:
+            runner.stop()
         for collector in collectors:
             collector.close()
+
     latest = {(sample.collector, sample.target): sample for sample in store.latest()}
     statuses = store.statuses()
     tiers = []

@@ -1,14 +1,15 @@
 """Runs collector cycles on APScheduler; the only place where collector errors are caught.
 
-Each cycle runs ``collect()`` in a daemon thread of its own and waits for it at most the cycle timeout,
-so a collector that hangs in a driver call is reported (reason ``timeout``) and abandoned while every
-other job keeps its cycle. A collector whose previous cycle is still hung is not started again: at
-most one stuck thread per target, never a pile-up.
+Each target has one worker thread that runs its ``collect()``; the scheduler's job hands it a cycle
+and waits at most the cycle timeout, so a collector that hangs in a driver call is reported (reason
+``timeout``) while every other job keeps its cycle. A collector whose previous cycle is still hung is
+not handed another: one thread per target, never a pile-up.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -45,6 +46,8 @@ class CollectorRunner:
         self._in_flight: _Outcome | None = None
         self._stopping = False
         self._reported: Reason | None = None
+        self._cycles: queue.SimpleQueue[_Outcome | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         store.register(*self.key)
 
     def run_cycle(self) -> None:
@@ -54,8 +57,11 @@ class CollectorRunner:
             self._failed(Reason.TIMEOUT, f"previous cycle still running after {stuck_for:.1f} s", stuck_for)
             return
         outcome = self._in_flight = _Outcome()
-        name = "collect-{}-{}".format(*self.key)
-        threading.Thread(target=self._collect, args=(outcome,), name=name, daemon=True).start()
+        if self._worker is None:
+            name = "collect-{}-{}".format(*self.key)
+            self._worker = threading.Thread(target=self._work, name=name, daemon=True)
+            self._worker.start()
+        self._cycles.put(outcome)
         finished = outcome.finished.wait(self._timeout)
         if self._stopping:
             return
@@ -67,12 +73,19 @@ class CollectorRunner:
             self._failed(*outcome.error, outcome.duration)
 
     def stop(self) -> None:
-        """Releases a job waiting on a hung cycle, so shutdown never waits for a timeout."""
+        """Ends the worker after its current cycle and releases a job waiting on a hung one, so
+        shutdown never waits for a timeout."""
         self._stopping = True
+        self._cycles.put(None)
         if self._in_flight is not None:
             self._in_flight.finished.set()
 
+    def _work(self) -> None:
+        while (outcome := self._cycles.get()) is not None:
+            self._collect(outcome)
+
     def _collect(self, outcome: _Outcome) -> None:
+
         try:
             outcome.sample = self.collector.collect()
         except CollectorError as error:
