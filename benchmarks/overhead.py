@@ -1,6 +1,6 @@
 """Overhead of the tierwatch agent next to the exporter it would replace, on the same host, in one run.
 
-    .venv/bin/python benchmarks/overhead.py {host,redis} [--seconds 60]
+    .venv/bin/python benchmarks/overhead.py {host,postgres,redis} [--seconds 60]
 
 Both processes are started on free loopback ports and scraped once a second, interleaved, for the
 same wall time. After a warm-up, the run measures from /proc: CPU (utime + stime) per agent cycle and
@@ -10,13 +10,15 @@ when something could not run.
 
 A mode is a function returning a ``Mode``: the agent's config, the collector whose cycles are counted,
 and the peer's command line. Adding ``postgres`` or ``redis`` is one such function and a MODES entry;
-a mode whose two sides watch a server (redis) also names it as a ``Service``, which is started before
-them and stopped after them.
+a mode whose two sides watch a server (postgres, redis) also names it as a ``Service``, which is started
+before them and stopped after them. A mode may also charge each side the CPU the server spends serving
+it (postgres: the backends of each side's connections), which is then reported and compared too.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import os
@@ -31,7 +33,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
+
+import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / ".venv" / "bin" / "tierwatch"
@@ -59,6 +63,18 @@ class Service:
     package: str
 
 
+class ServerCost(Protocol):
+    """CPU the watched server spends on each side's queries, accumulated over the measured window."""
+
+    def start(self) -> None: ...
+
+    def observe(self) -> None: ...
+
+    def cpu_seconds(self, side: str) -> float: ...
+
+    def backends(self, side: str) -> int: ...
+
+
 @dataclass(frozen=True)
 class Mode:
     agent_config: dict[str, object]
@@ -69,6 +85,7 @@ class Mode:
     peer_env: dict[str, str] = field(default_factory=dict)
     interval: float = 1.0  # must match agent_config's; cycles are counted in units of it
     service: Service | None = None
+    server_cost: ServerCost | None = None
 
 
 def host_mode() -> Mode:
@@ -108,10 +125,93 @@ def redis_mode() -> Mode:
     )
 
 
-MODES: dict[str, Callable[[], Mode]] = {"host": host_mode, "redis": redis_mode}
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_EXPORTER = "postgres_exporter"
 
-# Issue 3's bounds: CPU and RSS as agent/peer ratios, the agent's /metrics p99 in milliseconds.
-TARGETS = {"cpu_ratio": 0.5, "rss_ratio": 1.5, "agent_p99_ms": 5.0}
+
+def postgres_mode() -> Mode:
+    # Only the postgres collector, against a throwaway cluster that postgres_exporter watches too. Both
+    # connect as the superuser over loopback (trust): the comparison is about cost, not privileges.
+    (port,) = free_ports(1)
+    root = Path(tempfile.mkdtemp(prefix="tierwatch-bench-pg-"))
+    atexit.register(shutil.rmtree, root, True)
+    as_owner: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_owner = ("runuser", "-u", "postgres", "--")
+    script = (
+        f'{PG_BIN}/initdb -D "$1" -U postgres -A trust --no-sync >/dev/null && '
+        f'exec {PG_BIN}/postgres -D "$1" -k "$1" -p {port} -c listen_addresses=127.0.0.1'
+    )
+    dsn = f"host=127.0.0.1 port={port} dbname=postgres user=postgres"
+    peer_dsn = (
+        f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable&application_name={PG_EXPORTER}"
+    )
+    return Mode(
+        agent_config={"interval": 1, "host": {"enabled": False}, "postgres": [{"name": "bench", "dsn": dsn}]},
+        collector="postgres",
+        peer_name=PG_EXPORTER,
+        peer_command=lambda peer_port: [
+            "/usr/bin/prometheus-postgres-exporter",
+            f"--web.listen-address=127.0.0.1:{peer_port}",
+        ],
+        peer_package="prometheus-postgres-exporter",
+        peer_env={"DATA_SOURCE_NAME": peer_dsn},
+        service=Service(
+            name="postgres",
+            command=(*as_owner, "sh", "-c", script, "sh", str(root / "data")),
+            port=port,
+            package="postgresql",
+        ),
+        server_cost=PostgresBackends(dsn, {"tierwatch": "tierwatch", PG_EXPORTER: PG_EXPORTER}),
+    )
+
+
+class PostgresBackends:
+    """CPU time of the backends serving each side, found in pg_stat_activity by application_name and
+    read from /proc. A backend first seen after the window began is new, so all its CPU counts; one
+    that exits between two looks loses its last second."""
+
+    SQL = "SELECT application_name, pid FROM pg_stat_activity WHERE application_name = ANY(%s)"
+
+    def __init__(self, dsn: str, applications: dict[str, str]) -> None:
+        self._dsn = f"{dsn} application_name=overhead-benchmark"
+        self._side_of = {application: side for side, application in applications.items()}
+        self._connection: psycopg.Connection | None = None
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._side: dict[int, str] = {}
+
+    def start(self) -> None:
+        self._look(started=True)
+
+    def observe(self) -> None:
+        self._look(started=False)
+
+    def _look(self, started: bool) -> None:
+        if self._connection is None:
+            self._connection = psycopg.connect(self._dsn, autocommit=True)
+        for application, pid in self._connection.execute(self.SQL, [list(self._side_of)]).fetchall():
+            try:
+                cpu = cpu_seconds(pid)
+            except OSError:
+                continue  # exited meanwhile
+            self._first.setdefault(pid, cpu if started else 0.0)
+            self._last[pid] = cpu
+            self._side[pid] = self._side_of[application]
+
+    def cpu_seconds(self, side: str) -> float:
+        return sum(self._last[pid] - self._first[pid] for pid, owner in self._side.items() if owner == side)
+
+    def backends(self, side: str) -> int:
+        return sum(1 for owner in self._side.values() if owner == side)
+
+
+MODES: dict[str, Callable[[], Mode]] = {"host": host_mode, "postgres": postgres_mode, "redis": redis_mode}
+
+# Issue 3's bounds: CPU and RSS as agent/peer ratios, the agent's /metrics p99 in milliseconds; issue
+# 4's: the server's CPU for the agent's queries at most the peer's.
+TARGETS = {"cpu_ratio": 0.5, "rss_ratio": 1.5, "agent_p99_ms": 5.0, "server_cpu_ratio": 1.0}
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -266,6 +366,8 @@ class Side:
     cpu_end: float = 0.0
     rss_max_kib: int = 0
     memory_end: dict[str, int] = field(default_factory=dict)
+    server_cpu_s: float | None = None
+    server_backends: int = 0
 
     @property
     def pid(self) -> int:
@@ -283,7 +385,15 @@ class Window:
     peer_scrapes: int
 
 
-def scrape_each_second(agent: Side, peer: Side, clock: float, rounds: int, record: bool) -> bytes:
+def scrape_each_second(
+    agent: Side,
+    peer: Side,
+    clock: float,
+    rounds: int,
+    record: bool,
+    *,
+    each_round: Callable[[], None] = lambda: None,
+) -> bytes:
     """Scrapes both at ``clock`` + 1 s, + 2 s, ...; returns the agent's last page.
 
     Each round sleeps first and scrapes last, so a caller reading CPU right after this returns has
@@ -300,6 +410,7 @@ def scrape_each_second(agent: Side, peer: Side, clock: float, rounds: int, recor
             if side is agent:
                 agent_page = body
             track_rss(side)
+        each_round()
     return agent_page
 
 
@@ -325,13 +436,22 @@ def measure(agent: Side, peer: Side, mode: Mode, seconds: int) -> Window:
     clock = time.monotonic()
     first_page = scrape_each_second(agent, peer, clock, WARM_UP_SECONDS, record=False)
     agent.rss_max_kib = peer.rss_max_kib = 0
+    server = mode.server_cost
+    if server is not None:
+        server.start()
     began = time.monotonic()
     agent.cpu_start, peer.cpu_start = cpu_seconds(agent.pid), cpu_seconds(peer.pid)
-    last_page = scrape_each_second(agent, peer, clock + WARM_UP_SECONDS, seconds, record=True)
+    each_round = server.observe if server is not None else lambda: None
+    last_page = scrape_each_second(
+        agent, peer, clock + WARM_UP_SECONDS, seconds, record=True, each_round=each_round
+    )
     agent.cpu_end, peer.cpu_end = cpu_seconds(agent.pid), cpu_seconds(peer.pid)
     elapsed = time.monotonic() - began
     for side in (agent, peer):
         side.memory_end = memory_kib(side.pid)
+        if server is not None:
+            side.server_cpu_s = server.cpu_seconds(side.name)
+            side.server_backends = server.backends(side.name)
     return Window(elapsed, cycles_between(first_page, last_page, mode, elapsed), seconds)
 
 
@@ -358,7 +478,13 @@ def figures(side: Side, per: int) -> dict[str, float]:
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000,
         "page_kib": side.scraper.page_bytes / 1024,
-    }
+    } | server_figures(side, per)
+
+
+def server_figures(side: Side, per: int) -> dict[str, float]:
+    if side.server_cpu_s is None:
+        return {}
+    return {"server_cpu_ms": side.server_cpu_s * 1000 / per, "server_backends": side.server_backends}
 
 
 def verdict(ok: bool) -> str:
@@ -379,6 +505,8 @@ def report(mode: Mode, window: Window, agent: dict[str, float], peer: dict[str, 
         ("/metrics p99, ms", "p99_ms", "{:.2f}"),
         ("/metrics max, ms", "max_ms", "{:.2f}"),
         ("/metrics page size, KiB", "page_kib", "{:.1f}"),
+        ("server CPU ms per cycle / scrape", "server_cpu_ms", "{:.2f}"),
+        ("server backends seen", "server_backends", "{:.0f}"),
     ]
     lines = [
         f"window {window.seconds:.1f} s after {WARM_UP_SECONDS:g} s warm-up; agent cycles "
@@ -387,9 +515,11 @@ def report(mode: Mode, window: Window, agent: dict[str, float], peer: dict[str, 
         f"{'':40}{'tierwatch':>12}{mode.peer_name:>16}{'ratio':>9}",
     ]
     for label, key, fmt in rows:
+        if key not in agent:
+            continue  # a figure this mode does not measure
         ratio = agent[key] / peer[key] if peer[key] else float("nan")
         lines.append(f"{label:40}{fmt.format(agent[key]):>12}{fmt.format(peer[key]):>16}{ratio:>8.2f}x")
-    lines += ["", "targets (issue 3):", *target_lines(agent, peer, mode.peer_name)]
+    lines += ["", "targets (issues 3 and 4):", *target_lines(agent, peer, mode.peer_name)]
     return "\n".join(lines)
 
 
@@ -398,11 +528,16 @@ def target_lines(agent: dict[str, float], peer: dict[str, float], peer_name: str
     rss = agent["rss_mib"] / peer["rss_mib"]
     p99 = agent["p99_ms"]
     bound_cpu, bound_rss, bound_p99 = TARGETS["cpu_ratio"], TARGETS["rss_ratio"], TARGETS["agent_p99_ms"]
-    return [
+    lines = [
         f"  CPU  <= {bound_cpu}x {peer_name}'s   {cpu:6.2f}x     {verdict(cpu <= bound_cpu)}",
         f"  RSS  <= {bound_rss}x {peer_name}'s   {rss:6.2f}x     {verdict(rss <= bound_rss)}",
         f"  /metrics p99 <= {bound_p99:g} ms      {p99:6.2f} ms  {verdict(p99 <= bound_p99)}",
     ]
+    if "server_cpu_ms" in agent:
+        server = agent["server_cpu_ms"] / peer["server_cpu_ms"] if peer["server_cpu_ms"] else float("inf")
+        bound = TARGETS["server_cpu_ratio"]
+        lines.append(f"  server CPU <= {bound}x {peer_name}'s  {server:6.2f}x  {verdict(server <= bound)}")
+    return lines
 
 
 # --- main ----------------------------------------------------------------------------------------

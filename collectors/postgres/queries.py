@@ -1,0 +1,221 @@
+"""The statements of a cycle and what they return, as plain values.
+
+A cycle costs four round trips (activity, databases, replication, one load sample at most) plus the
+top statements every so often. Each statement reads pg_stat_activity and friends once and aggregates
+on the server, so a server with thousands of sessions returns a few dozen rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import errors
+
+QUERY_TEXT_LENGTH = 200
+HIDDEN, UNNAMED = "unknown", "unnamed"
+STRING_LITERAL = re.compile(r"'(?:[^']|'')*(?:'|$)")  # also one cut off at the end
+
+LIMITS_SQL = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int,
+       coalesce(current_setting('reserved_connections', true), '0')::int,
+       pg_has_role('pg_read_all_stats', 'USAGE'),
+       current_user
+"""
+
+# Rows of (kind, key, value). Without pg_read_all_stats, other roles' sessions show neither
+# backend_type nor state; having a database still tells them from background processes.
+ACTIVITY_SQL = """
+WITH sessions AS MATERIALIZED (
+    SELECT pid, state, wait_event_type, query_start, xact_start, state_change,
+           CASE WHEN backend_type IS NOT NULL THEN application_name END AS application_name,
+           CASE WHEN client_port = -1 THEN 'local' ELSE host(client_addr) END AS client
+    FROM pg_stat_activity
+    WHERE backend_type = 'client backend' OR (backend_type IS NULL AND datid IS NOT NULL)
+), waits AS (
+    SELECT count(*) FILTER (WHERE wait_event_type = 'Lock' AND cardinality(pg_blocking_pids(pid)) > 0)
+               AS blocked,
+           max(now() - query_start) FILTER (WHERE state = 'active') AS query,
+           max(now() - xact_start) AS transaction,
+           max(now() - state_change) FILTER (WHERE state LIKE 'idle in transaction%') AS idle_in_transaction
+    FROM sessions
+    WHERE pid <> pg_backend_pid()
+)
+SELECT 'state', state, count(*)::float8 FROM sessions GROUP BY state
+UNION ALL
+SELECT 'application', application_name, count(*) FROM sessions GROUP BY application_name
+UNION ALL
+SELECT 'client', client, count(*) FROM sessions GROUP BY client
+UNION ALL
+SELECT 'wait', age.key, age.value
+FROM waits, LATERAL (VALUES
+    ('blocked', blocked::float8),
+    ('query', extract(epoch FROM query)::float8),
+    ('transaction', extract(epoch FROM transaction)::float8),
+    ('idle_in_transaction', extract(epoch FROM idle_in_transaction)::float8)
+) AS age(key, value)
+"""
+
+# pg_stat_user_tables covers only the database of the connection.
+DATABASES_SQL = """
+SELECT d.datname, d.xact_commit, d.xact_rollback, d.deadlocks, d.temp_bytes, d.blks_hit, d.blks_read,
+       s.seq_scans, s.index_scans
+FROM pg_stat_database AS d
+LEFT JOIN (
+    SELECT current_database() AS datname,
+           coalesce(sum(seq_scan), 0)::float8 AS seq_scans,
+           coalesce(sum(idx_scan), 0)::float8 AS index_scans
+    FROM pg_stat_user_tables
+) AS s USING (datname)
+WHERE d.datname IS NOT NULL
+"""
+
+# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction.
+REPLICATION_SQL = """
+SELECT NULL::text,
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+       NULL::float8
+WHERE pg_is_in_recovery()
+UNION ALL
+SELECT coalesce(application_name, ''),
+       CASE WHEN replay_lsn = pg_current_wal_lsn() THEN 0 ELSE extract(epoch FROM replay_lag)::float8 END,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8
+FROM pg_stat_replication
+WHERE NOT pg_is_in_recovery()
+"""
+
+# The monitor's own statements would top the list on a quiet server.
+TOP_QUERIES_SQL = """
+SELECT queryid, calls, total_exec_time / 1000, mean_exec_time / 1000, left(query, 1000)
+FROM pg_stat_statements
+WHERE queryid IS NOT NULL AND userid <> current_user::regrole
+ORDER BY total_exec_time DESC
+LIMIT %s
+"""
+HAS_STATEMENTS_SQL = "SELECT to_regclass('pg_stat_statements') IS NOT NULL"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Settings fixed while a connection lives (max_connections needs a restart)."""
+
+    max_connections: int
+    superuser_reserved: int
+    reserved: int
+    reads_all_stats: bool
+    user: str
+
+    @property
+    def usable(self) -> int:
+        return self.max_connections - self.superuser_reserved - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    by_state: dict[str, float]
+    by_application: dict[str, float]
+    by_client: dict[str, float]
+    waits: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStats:
+    name: str
+    commits: float
+    rollbacks: float
+    deadlocks: float
+    temp_bytes: float
+    blocks_hit: float
+    blocks_read: float
+    seq_scans: float | None  # None for the databases the connection is not in
+    index_scans: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    in_recovery: bool
+    replay_delay: float | None = None  # on a standby
+    replicas: int = 0  # on a primary, with their lags by application_name where known
+    lag_seconds: dict[str, float] = field(default_factory=dict)
+    lag_bytes: dict[str, float] = field(default_factory=dict)
+
+
+def read_limits(connection: psycopg.Connection) -> Limits:
+    [row] = connection.execute(LIMITS_SQL).fetchall()
+    return Limits(*row)
+
+
+def state_label(state: str | None) -> str:
+    """'idle in transaction (aborted)' -> 'idle_in_transaction_aborted'; None (hidden) -> 'unknown'."""
+    return HIDDEN if state is None else state.replace(" (aborted)", "_aborted").replace(" ", "_")
+
+
+def name_label(name: str | None) -> str:
+    return HIDDEN if name is None else name or UNNAMED
+
+
+LABEL_OF_KIND = {"state": state_label, "application": name_label, "client": name_label, "wait": str}
+
+
+def read_activity(connection: psycopg.Connection) -> Activity:
+    groups: dict[str, dict[str, float]] = {kind: {} for kind in LABEL_OF_KIND}
+    for kind, key, value in connection.execute(ACTIVITY_SQL):
+        if value is not None:  # an age is NULL when no session is in that state
+            groups[kind][LABEL_OF_KIND[kind](key)] = value
+    return Activity(groups["state"], groups["application"], groups["client"], groups["wait"])
+
+
+def read_databases(connection: psycopg.Connection) -> list[DatabaseStats]:
+    return [
+        DatabaseStats(name, *(None if value is None else float(value) for value in counters))
+        for name, *counters in connection.execute(DATABASES_SQL)
+    ]
+
+
+def read_replication(connection: psycopg.Connection) -> Replication:
+    rows = connection.execute(REPLICATION_SQL).fetchall()
+    standby = [seconds for name, seconds, _ in rows if name is None]
+    if standby:
+        return Replication(True, replay_delay=standby[0])
+    return Replication(
+        False,
+        replicas=len(rows),
+        lag_seconds={name_label(name): seconds for name, seconds, _ in rows if seconds is not None},
+        lag_bytes={name_label(name): lag for name, _, lag in rows if lag is not None},
+    )
+
+
+def read_top_queries(connection: psycopg.Connection, limit: int) -> tuple[dict[str, object], ...] | None:
+    """The statements with the most total execution time, or None without pg_stat_statements."""
+    [(has_view,)] = connection.execute(HAS_STATEMENTS_SQL).fetchall()
+    if not has_view:
+        return None
+    try:
+        rows = connection.execute(TOP_QUERIES_SQL, [limit]).fetchall()
+    except (errors.ObjectNotInPrerequisiteState, errors.InsufficientPrivilege):
+        return None  # created but not preloaded, or not readable: the rest of the cycle is still good
+    return tuple(
+        {
+            "queryid": queryid,
+            "calls": calls,
+            "total_seconds": total,
+            "mean_seconds": mean,
+            "query": shorten(text),
+        }
+        for queryid, calls, total, mean, text in rows
+    )
+
+
+def shorten(text: str | None) -> str:
+    """One line of at most 200 characters, string literals masked.
+
+    Normalized statements carry $1 placeholders, but utility statements keep their literals, and
+    ``ALTER ROLE ... PASSWORD '...'`` would put a password into alert evidence.
+    """
+    if not text:
+        return ""
+    flat = STRING_LITERAL.sub("'…'", " ".join(text.split()))
+    return flat if len(flat) <= QUERY_TEXT_LENGTH else flat[: QUERY_TEXT_LENGTH - 1] + "…"

@@ -1,0 +1,129 @@
+"""The pure parts of the PostgreSQL and PgBouncer collectors: bounded label sets, DSN handling, backoff,
+statement texts. No server needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import ConfigError
+from agent.config.model import Config
+from collectors.postgres import build, local_vcpus
+from collectors.postgres.bounded import OTHER, fold, largest, top_n
+from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn
+from collectors.postgres.queries import shorten, state_label
+from collectors.postgres.session import Backoff
+
+
+def test_top_n_keeps_the_largest_and_sums_the_rest() -> None:
+    counts = {f"10.0.0.{i}": float(i) for i in range(1, 16)}
+    bounded = top_n(counts)
+    assert len(bounded) == 11
+    assert bounded[OTHER] == sum(range(1, 6))
+    assert min(value for key, value in bounded.items() if key != OTHER) == 6
+    assert sum(bounded.values()) == sum(counts.values())
+
+
+def test_top_n_is_stable_on_ties_and_leaves_small_sets_alone() -> None:
+    ties = dict.fromkeys("abcdefghijkl", 1.0)
+    assert set(top_n(ties)) == set("abcdefghij") | {OTHER}
+    assert top_n({"a": 2.0, "b": 1.0}) == {"a": 2.0, "b": 1.0}
+
+
+def test_a_real_key_named_other_joins_the_catch_all() -> None:
+    values = {OTHER: 5.0, **{f"k{i:02}": 9.0 for i in range(12)}}
+    assert top_n(values, combine=max)[OTHER] == 9.0
+    assert top_n(values)[OTHER] == 5.0 + 9.0 + 9.0
+
+
+def test_fold_combines_with_the_keys_chosen_once() -> None:
+    pools = {("db", f"user{i}"): float(i) for i in range(12)}
+    kept = largest(pools, 2)
+    assert kept == {("db", "user11"), ("db", "user10")}
+    waits = {pool: 100.0 - value for pool, value in pools.items()}
+    folded = fold(waits, kept, ("other", "other"), max)
+    assert folded == {("db", "user11"): 89.0, ("db", "user10"): 90.0, ("other", "other"): 100.0}
+
+
+@pytest.mark.parametrize(
+    ("dsn", "local"),
+    [
+        ("host=127.0.0.1 port=5432", True),
+        ("host=localhost", True),
+        ("host=::1", True),
+        ("host=/var/run/postgresql", True),
+        ("dbname=postgres", True),  # no host: libpq's default socket
+        ("postgresql://tierwatch@127.0.0.1/postgres", True),
+        ("host=db.internal", False),
+        ("host=127.0.0.1,db.internal", False),
+        ("hostaddr=10.1.2.3", False),
+    ],
+)
+def test_local_hosts(dsn: str, local: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGHOST", raising=False)
+    assert is_local(parse_dsn(dsn)) is local
+
+
+def test_vcpus_come_from_config_or_the_local_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
+    assert local_vcpus(parse_dsn("host=db.internal"), 8) == 8
+    assert local_vcpus(parse_dsn("host=db.internal"), None) is None
+    assert local_vcpus(parse_dsn("host=127.0.0.1"), None) == 12
+
+
+def test_endpoint_names_no_secret() -> None:
+    params = parse_dsn("postgresql://monitor:s3cret-pw@db.internal:6432/orders?sslmode=require")
+    assert endpoint(params) == "db.internal:6432/orders as monitor"
+
+
+def test_a_bad_dsn_is_a_config_error_that_does_not_echo_it() -> None:
+    with pytest.raises(ValueError, match="not a valid connection string") as caught:
+        parse_dsn("host=db password='s3cret-pw")
+    assert "s3cret" not in str(caught.value)
+    config = Config(postgres=[{"name": "orders", "dsn": "host=db bogus_option=s3cret-pw"}])
+    with pytest.raises(ConfigError, match="postgres orders: dsn is not a valid") as refused:
+        build(config, config.postgres[0])
+    assert "s3cret" not in str(refused.value)
+
+
+def test_connections_carry_the_name_and_timeouts_below_the_cycle() -> None:
+    params = parse_dsn("host=db user=monitor options='-c search_path=app'")
+    server = connector(params, "pw", 4.0).keywords
+    assert server["application_name"] == "tierwatch"
+    assert server["autocommit"] is True
+    assert server["password"] == "pw"
+    assert server["connect_timeout"] == "2"
+    assert server["tcp_user_timeout"] == "4000"
+    assert server["options"] == "-c search_path=app -c statement_timeout=2000 -c lock_timeout=1000"
+    console = connector(params, None, 4.0, admin_console=True).keywords
+    assert console["prepare_threshold"] is None
+    assert console["options"] == "-c search_path=app"  # as configured; PgBouncer rejects ours
+    assert "password" not in console
+
+
+def test_backoff_doubles_up_to_thirty_seconds() -> None:
+    now = [100.0]
+    backoff = Backoff(lambda: now[0])
+    assert backoff.wait_left() == 0
+    assert [backoff.failed() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.wait_left() == 30
+    now[0] += 12
+    assert backoff.wait_left() == 18
+    backoff.succeeded()
+    assert backoff.wait_left() == 0
+    assert backoff.failed() == 1
+
+
+def test_statement_texts_are_one_short_line_without_literals() -> None:
+    assert shorten("SELECT *\n  FROM orders\n WHERE id = $1") == "SELECT * FROM orders WHERE id = $1"
+    assert shorten("ALTER ROLE app PASSWORD 'it''s secret'") == "ALTER ROLE app PASSWORD '…'"
+    assert shorten("CREATE ROLE x PASSWORD 'cut off by the 1000-char limi") == "CREATE ROLE x PASSWORD '…'"
+    long = shorten("SELECT " + ", ".join(f"column_{i}" for i in range(100)))
+    assert len(long) == 200
+    assert long.endswith("…")
+    assert shorten(None) == ""
+
+
+def test_state_labels() -> None:
+    assert state_label("idle in transaction (aborted)") == "idle_in_transaction_aborted"
+    assert state_label("idle in transaction") == "idle_in_transaction"
+    assert state_label(None) == "unknown"
