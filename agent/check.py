@@ -34,7 +34,7 @@ def collect_report(config: Config, duration: float) -> dict[str, Any]:
     register_secrets(config)
     rules = configured_rules(config)
     collectors = build_collectors(config)
-    store = Store()
+    store = Store(window_seconds=config.window)
     runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
     try:
         _run_cycles(runners, duration)

@@ -52,7 +52,7 @@ def run_agent(config: Config) -> int:
     collectors = build_collectors(config)
     for collector in collectors:
         log.info("collector %s: monitoring %s", collector.name, collector.describe())
-    store = Store()
+    store = Store(window_seconds=config.window)
     runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
     scheduler = Scheduler(runners, config.interval)
     sender = alertmanager_sender(config)

@@ -26,14 +26,18 @@ def quiet_host() -> dict[str, Any]:
     }
 
 
-def scenario_agent(tmp_path: Path, **sections: Any) -> AgentProcess:
-    config = {"interval": 0.5, "host": quiet_host(), "rules": FAST_RULES, **sections}
+def scenario_agent(tmp_path: Path, rules: dict[str, Any] | None = None, **sections: Any) -> AgentProcess:
+    """An agent at a 0.5 s interval on a quiet recorded host; ``rules`` adds to FAST_RULES."""
+    config = {"interval": 0.5, "host": quiet_host(), "rules": {**FAST_RULES, **(rules or {})}, **sections}
     return AgentProcess(tmp_path, config)
 
 
+def active_alerts(agent: AgentProcess) -> list[dict[str, Any]]:
+    return json.loads(http_get(f"{agent.url}/api/v1/alerts")[1])
+
+
 def firing(agent: AgentProcess) -> dict[tuple[str, str], dict[str, Any]]:
-    alerts = json.loads(http_get(f"{agent.url}/api/v1/alerts")[1])
-    return {(alert["name"], alert["target"]): alert for alert in alerts if alert["state"] == "firing"}
+    return {(a["name"], a["target"]): a for a in active_alerts(agent) if a["state"] == "firing"}
 
 
 def wait_for_alerts(

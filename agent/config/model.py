@@ -143,6 +143,9 @@ class Config(Section):
     interval: Seconds = 5.0
     # A cycle that takes longer is abandoned and reported with reason "timeout"; default 0.8 x interval.
     timeout: Seconds | None = None
+    # How far back rules look ("replicas rose within the window"); the exported Prometheus rules use 15m.
+    window: Seconds = 900.0
+
     host: HostSection = Field(default_factory=HostSection)
     postgres: tuple[PostgresTarget, ...] = ()
     pgbouncer: tuple[PgBouncerTarget, ...] = ()
