@@ -50,14 +50,8 @@ class Compare:
 
 
 @dataclass(frozen=True, slots=True)
-class AllOf:
+class _Group:
     parts: tuple[Condition, ...]
-
-    def evaluate(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Truth:
-        results = [part.evaluate(signals, thresholds) for part in self.parts]
-        if False in results:
-            return False
-        return None if None in results else True
 
     def signals(self) -> Iterator[str]:
         for part in self.parts:
@@ -73,26 +67,21 @@ class AllOf:
 
 
 @dataclass(frozen=True, slots=True)
-class AnyOf:
-    parts: tuple[Condition, ...]
+class AllOf(_Group):
+    def evaluate(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Truth:
+        results = [part.evaluate(signals, thresholds) for part in self.parts]
+        if False in results:
+            return False
+        return None if None in results else True
 
+
+@dataclass(frozen=True, slots=True)
+class AnyOf(_Group):
     def evaluate(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Truth:
         results = [part.evaluate(signals, thresholds) for part in self.parts]
         if True in results:
             return True
         return None if None in results else False
-
-    def signals(self) -> Iterator[str]:
-        for part in self.parts:
-            yield from part.signals()
-
-    def held(self, signals: Mapping[str, float], thresholds: Mapping[str, float]) -> Iterator[str]:
-        for part in self.parts:
-            yield from part.held(signals, thresholds)
-
-    def thresholds(self) -> Iterator[str]:
-        for part in self.parts:
-            yield from part.thresholds()
 
 
 @dataclass(frozen=True, slots=True)
