@@ -129,3 +129,114 @@ def test_helm_chart_ships_the_same_rules() -> None:
     what `tierwatch rules` prints (regenerate it with `tierwatch rules > ...` after changing the table)."""
     shipped = (REPO / "helm" / "tierwatch" / "files" / "prometheus-rules.yaml").read_text()
     assert shipped == tierwatch("rules").stdout
+
+
+def _rule(name: str) -> Any:
+    from alerts.table import RULES
+
+    return next(rule for rule in RULES if rule.name == name)
+
+
+POOL_LABELS = '{target="pool",database="app",user="app"}'
+
+
+def test_connection_rule_fires_for_the_server_and_for_the_pooler(tmp_path: Path) -> None:
+    exhausted = _rule("ConnectionPoolExhaustion")
+    series = [
+        {"series": 'tierwatch_postgres_connections_used_ratio{target="main"}', "values": "0.95x10"},
+        {"series": 'tierwatch_postgres_connections_used_ratio{target="replica"}', "values": "0.5x10"},
+        {
+            "series": 'tierwatch_pgbouncer_clients_waiting{target="pool",database="app",user="app"}',
+            "values": "3x10",
+        },
+        {"series": "tierwatch_pgbouncer_longest_client_wait_seconds" + POOL_LABELS, "values": "2x10"},
+    ]
+
+    def fired(target: str, summary: str) -> dict[str, Any]:
+        return {
+            "exp_labels": {"severity": "critical", "tier": "database", "target": target},
+            "exp_annotations": {
+                "summary": summary,
+                "remediation": exhausted.remediation,
+                "runbook_url": "docs/alerts/ConnectionPoolExhaustion.md",
+            },
+        }
+
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "0s",
+                        "alertname": "ConnectionPoolExhaustion",
+                        "exp_alerts": [],
+                    },  # for 15 s
+                    {
+                        "eval_time": "30s",
+                        "alertname": "ConnectionPoolExhaustion",
+                        "exp_alerts": [
+                            fired(
+                                "main",
+                                "main is running out of connections: 95% of usable connections in use, "
+                                "unknown clients waiting for a pooled connection (longest unknown)",
+                            ),
+                            fired(
+                                "pool",
+                                "pool is running out of connections: unknown of usable connections in "
+                                "use, 3 clients waiting for a pooled connection (longest 2s)",
+                            ),
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
+
+
+def test_ceiling_rule_per_hpa_and_its_advice_with_a_saturated_database(tmp_path: Path) -> None:
+    ceiling = _rule("HorizontalScalingCeiling")
+    hpa_series = [
+        {"series": 'tierwatch_kubernetes_hpa_at_max_replicas{target="shop",hpa="web"}', "values": "1x20"},
+        {
+            "series": 'tierwatch_kubernetes_hpa_usage_to_target_ratio{target="shop",hpa="web"}',
+            "values": "1.5x20",
+        },
+        {"series": 'tierwatch_kubernetes_hpa_max_replicas{target="shop",hpa="web"}', "values": "6x20"},
+        # at its maximum too, but within the HPA's 10% tolerance of target: no ceiling
+        {"series": 'tierwatch_kubernetes_hpa_at_max_replicas{target="shop",hpa="api"}', "values": "1x20"},
+        {
+            "series": 'tierwatch_kubernetes_hpa_usage_to_target_ratio{target="shop",hpa="api"}',
+            "values": "1.05x20",
+        },
+    ]
+    saturated_db = [{"series": 'tierwatch_postgres_load_on_cpu_per_vcpu{target="main"}', "values": "1.2x20"}]
+
+    def case(extra: list[dict[str, str]], remediation: str) -> dict[str, Any]:
+        fired = {
+            "exp_labels": {
+                "severity": "warning",
+                "tier": "app",
+                "target": "shop/web",
+                "hpa": "web",
+                "namespace": "shop",
+            },
+            "exp_annotations": {
+                "summary": "HPA shop/web is at its maximum of 6 replicas and still at 150% of its target",
+                "remediation": remediation,
+                "runbook_url": "docs/alerts/HorizontalScalingCeiling.md",
+            },
+        }
+        return {
+            "interval": "15s",
+            "input_series": hpa_series + extra,
+            "alert_rule_test": [
+                {"eval_time": "90s", "alertname": "HorizontalScalingCeiling", "exp_alerts": []},  # for 120 s
+                {"eval_time": "150s", "alertname": "HorizontalScalingCeiling", "exp_alerts": [fired]},
+            ],
+        }
+
+    (saturated_advice,) = (text for _, text in ceiling.remediation_if)
+    promtool_test(tmp_path, [case([], ceiling.remediation), case(saturated_db, saturated_advice)])
