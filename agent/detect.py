@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("tierwatch.detect")
-POSTGRES_SOCKET = Path("/var/run/postgresql/.s.PGSQL.5432")
-POSTGRES_TCP = ("127.0.0.1", 5432)
+POSTGRES_SOCKET_DIR = Path("/var/run/postgresql")
+POSTGRES_PORT = 5432
 REDIS_TCP = ("127.0.0.1", 6379)
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 PROBE_TIMEOUT = 0.5
@@ -43,14 +43,16 @@ def redis_answers(address: tuple[str, int]) -> bool:
 def detect_local() -> dict[str, Any]:
     """Config sections for what answers locally; logs what was and was not found."""
     found: dict[str, Any] = {}
-    if POSTGRES_SOCKET.exists() and postgres_answers(socket.AF_UNIX, str(POSTGRES_SOCKET)):
-        found["postgres"] = [{"name": "local", "dsn": f"host={POSTGRES_SOCKET.parent} dbname=postgres"}]
-        log.info("auto-detected PostgreSQL on the local socket %s", POSTGRES_SOCKET)
-    elif postgres_answers(socket.AF_INET, POSTGRES_TCP):
-        found["postgres"] = [{"name": "local", "dsn": "host=127.0.0.1 port=5432 dbname=postgres"}]
-        log.info("auto-detected PostgreSQL at %s:%d", *POSTGRES_TCP)
+    socket_path = POSTGRES_SOCKET_DIR / f".s.PGSQL.{POSTGRES_PORT}"
+    if socket_path.exists() and postgres_answers(socket.AF_UNIX, str(socket_path)):
+        dsn = f"host={POSTGRES_SOCKET_DIR} port={POSTGRES_PORT} dbname=postgres"
+        found["postgres"] = [{"name": "local", "dsn": dsn}]
+        log.info("auto-detected PostgreSQL on the local socket %s", socket_path)
+    elif postgres_answers(socket.AF_INET, ("127.0.0.1", POSTGRES_PORT)):
+        found["postgres"] = [{"name": "local", "dsn": f"host=127.0.0.1 port={POSTGRES_PORT} dbname=postgres"}]
+        log.info("auto-detected PostgreSQL at 127.0.0.1:%d", POSTGRES_PORT)
     else:
-        log.info("no PostgreSQL answered at %s or %s:%d", POSTGRES_SOCKET, *POSTGRES_TCP)
+        log.info("no PostgreSQL answered at %s or 127.0.0.1:%d", socket_path, POSTGRES_PORT)
     if redis_answers(REDIS_TCP):
         found["redis"] = [{"name": "local", "url": "redis://{}:{}/0".format(*REDIS_TCP)}]
         log.info("auto-detected Redis at %s:%d", *REDIS_TCP)

@@ -1,0 +1,83 @@
+"""The no-config default: PostgreSQL and Redis are found by speaking their protocols, nothing else is."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import detect
+from agent.config import load_config
+from tests.fixtures.postgres_server import PostgresServer
+from tests.fixtures.redis_server import RedisServer
+from tests.support import free_port
+
+
+@pytest.fixture
+def impostor() -> Iterator[int]:
+    """A TCP service that accepts and answers with something that is neither PostgreSQL nor Redis."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_probes_tell_the_real_servers_from_an_impostor(
+    postgres_server: PostgresServer, redis_server: RedisServer, impostor: int
+) -> None:
+    assert detect.postgres_answers(socket.AF_INET, ("127.0.0.1", postgres_server.port))
+    assert detect.redis_answers(("127.0.0.1", redis_server.port))
+    assert not detect.postgres_answers(socket.AF_INET, ("127.0.0.1", impostor))
+    assert not detect.redis_answers(("127.0.0.1", impostor))
+    assert not detect.postgres_answers(socket.AF_INET, ("127.0.0.1", free_port()))  # nothing listens
+
+
+def test_found_servers_become_valid_config(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    postgres_server: PostgresServer,
+    redis_server: RedisServer,
+) -> None:
+    monkeypatch.setattr(detect, "POSTGRES_SOCKET_DIR", postgres_server.root)
+    monkeypatch.setattr(detect, "POSTGRES_PORT", postgres_server.port)
+    monkeypatch.setattr(detect, "REDIS_TCP", ("127.0.0.1", redis_server.port))
+    with caplog.at_level(logging.INFO, logger="tierwatch.detect"):
+        found = detect.detect_local()
+    config = load_config(None, environ={}, base=found)
+    assert config.postgres[0].dsn.get_secret_value() == (
+        f"host={postgres_server.root} port={postgres_server.port} dbname=postgres"
+    )
+    assert config.redis[0].url.get_secret_value() == f"redis://127.0.0.1:{redis_server.port}/0"
+    assert f"auto-detected PostgreSQL on the local socket {postgres_server.root}" in caplog.text
+    assert f"auto-detected Redis at 127.0.0.1:{redis_server.port}" in caplog.text
+
+
+def test_nothing_answering_is_logged_and_leaves_the_host_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(detect, "POSTGRES_SOCKET_DIR", tmp_path)
+    monkeypatch.setattr(detect, "POSTGRES_PORT", free_port())
+    monkeypatch.setattr(detect, "REDIS_TCP", ("127.0.0.1", free_port()))
+    with caplog.at_level(logging.INFO, logger="tierwatch.detect"):
+        assert detect.detect_local() == {}
+    assert "no PostgreSQL answered" in caplog.text
+    assert "no Redis answered" in caplog.text
