@@ -37,6 +37,9 @@ test: system-packages $(VENV)/.test-installed .tools/helm lint
 bench: system-packages $(VENV)/.test-installed
 	.ci/install-system-packages prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter
 	$(PY) benchmarks/overhead.py host
+	$(PY) benchmarks/overhead.py postgres
+	$(PY) benchmarks/overhead.py redis
+	$(PY) benchmarks/detection.py --scenario both
 
 clean:
 	rm -rf $(VENV) build *.egg-info

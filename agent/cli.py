@@ -78,7 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from agent.run import run_agent
 
-            return run_agent(resolve_config(args.config, args.listen))
+            def load() -> Config:
+                return resolve_config(args.config, args.listen)
+
+            return run_agent(load(), load)
+
         if args.command == "rules":
             return print_rules(load_config(args.config) if args.config else load_config(None))
         from agent.check import run_check

@@ -1,14 +1,17 @@
-"""``tierwatch run``: the long-running agent."""
+"""``tierwatch run``: the long-running agent, and its configuration reload on SIGHUP."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from agent.alerting import AlertingJob, configured_rules
-from agent.config import Config
+from agent.config import Config, ConfigError
 from agent.exporter import MetricsPage
 from agent.http import AgentServer
 from agent.scheduler import CollectorRunner, Scheduler
@@ -16,7 +19,6 @@ from agent.store import Store
 from agent.wiring import build_collectors, register_secrets
 from alerts.alertmanager import AlertmanagerSender
 from alerts.present import alert_json
-from collectors.base import Collector
 
 log = logging.getLogger("tierwatch")
 EXIT_OK, EXIT_CANNOT_RUN = 0, 2
@@ -27,15 +29,10 @@ def listen_address(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def metric_specs(collectors: list[Collector]) -> dict[str, tuple]:
-    return {collector.name: collector.metrics for collector in collectors}
-
-
 def alertmanager_sender(config: Config) -> AlertmanagerSender | None:
     section = config.alertmanager
     if not section.urls:
         return None
-    log.info("sending alerts to %s", ", ".join(section.urls))
     return AlertmanagerSender(
         section.urls,
         config.interval,
@@ -46,45 +43,108 @@ def alertmanager_sender(config: Config) -> AlertmanagerSender | None:
     )
 
 
-def run_agent(config: Config) -> int:
-    register_secrets(config)
-    rules = configured_rules(config)
-    collectors = build_collectors(config)
-    for collector in collectors:
-        log.info("collector %s: monitoring %s", collector.name, collector.describe())
-    store = Store(window_seconds=config.window)
-    runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
-    scheduler = Scheduler(runners, config.interval)
-    sender = alertmanager_sender(config)
-    scheduler.add_job(AlertingJob(store, rules, sender.notify if sender else None).run_cycle, "alerting")
+@dataclass
+class Pipeline:
+    """Everything one configuration sets up behind the HTTP server: collectors, their jobs, the
+    store they fill, the alerting job and the sender. A reload builds a new one and swaps it in."""
 
-    def active_alerts() -> list[dict[str, object]]:
-        return [alert_json(alert, config.runbook_base_url) for alert in store.alerts()]
+    config: Config
+    store: Store
+    page: MetricsPage
+    scheduler: Scheduler
+    sender: AlertmanagerSender | None
 
-    page = MetricsPage(store, metric_specs(collectors))
+    @classmethod
+    def build(cls, config: Config) -> Pipeline:
+        """Raises ConfigError (bad rule override, a collector that cannot be built) before anything runs."""
+        register_secrets(config)
+        rules = configured_rules(config)
+        collectors = build_collectors(config)
+        store = Store(window_seconds=config.window)
+        runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
+        scheduler = Scheduler(runners, config.interval)
+        sender = alertmanager_sender(config)
+        scheduler.add_job(AlertingJob(store, rules, sender.notify if sender else None).run_cycle, "alerting")
+        page = MetricsPage(store, {collector.name: collector.metrics for collector in collectors})
+        return cls(config, store, page, scheduler, sender)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [alert_json(alert, self.config.runbook_base_url) for alert in self.store.alerts()]
+
+    def start(self) -> None:
+        for runner in self.scheduler.runners:
+            log.info("collector %s: monitoring %s", runner.collector.name, runner.collector.describe())
+        if self.sender is not None:
+            log.info("sending alerts to %s", ", ".join(self.config.alertmanager.urls))
+            self.sender.start()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        if self.sender is not None:
+            self.sender.stop()
+
+    def serve_through(self, server: AgentServer) -> None:
+        server.page, server.store, server.alerts = self.page, self.store, self.alerts
+
+
+class Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread acts on them, not the handler."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reloading = False
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._reload)
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        self.stopping = True
+        self.wake.set()
+
+    def _reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reloading = True
+        self.wake.set()
+
+
+def reload(current: Pipeline, server: AgentServer, load: Callable[[], Config]) -> Pipeline:
+    """The new configuration's pipeline, or the running one when the new configuration is unusable."""
     try:
-        server = AgentServer(listen_address(config.listen), page, store, active_alerts)
+        config = load()
+        fresh = Pipeline.build(config)
+    except (ConfigError, OSError, ValueError) as error:
+        log.error("reload failed, keeping the running configuration: %s", error)
+        return current
+    if config.listen != current.config.listen:
+        log.warning("listen changed to %s: it takes effect at the next restart", config.listen)
+    current.stop()
+    fresh.serve_through(server)
+    fresh.start()
+    log.info("configuration reloaded")
+    return fresh
+
+
+def run_agent(config: Config, load: Callable[[], Config]) -> int:
+    """Runs until SIGTERM/SIGINT; on SIGHUP ``load`` gives the configuration to switch to."""
+    pipeline = Pipeline.build(config)
+    try:
+        server = AgentServer(listen_address(config.listen), pipeline.page, pipeline.store, pipeline.alerts)
     except OSError as error:
         log.error("cannot listen on %s: %s", config.listen, error.strerror or error)
         return EXIT_CANNOT_RUN
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    signals = Signals()
     server.start()
-    if sender is not None:
-        sender.start()
-    scheduler.start()
+    pipeline.start()
     log.info("serving http://%s/metrics every %g s", config.listen, config.interval)
-    while not stop.wait(1.0):
-        pass
+    while not signals.stopping:
+        signals.wake.wait()
+        signals.wake.clear()
+        if signals.reloading and not signals.stopping:
+            signals.reloading = False
+            pipeline = reload(pipeline, server, load)
     server.stop()
-    scheduler.stop()
-    if sender is not None:
-        sender.stop()
+    pipeline.stop()
     log.info("stopped")
     return EXIT_OK

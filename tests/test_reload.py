@@ -1,0 +1,65 @@
+"""SIGHUP reloads the configuration; an unusable new one keeps the running one and says why."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import yaml
+
+from tests.fixtures.redis_server import RedisServer
+from tests.scenarios import quiet_host
+from tests.support import AgentProcess, value
+
+
+def up(agent: AgentProcess, collector: str, target: str) -> float | None:
+    return value(agent.metrics(), "tierwatch_collector_up", collector=collector, target=target)
+
+
+def rewrite(agent: AgentProcess, config: dict[str, object] | str) -> None:
+    text = config if isinstance(config, str) else yaml.safe_dump(config)
+    agent.config_path.write_text(text)
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGHUP)
+
+
+def test_reload_switches_targets_and_keeps_serving(tmp_path: Path, redis_server: RedisServer) -> None:
+    first = {"interval": 0.5, "host": quiet_host()}
+    with AgentProcess(tmp_path, first) as agent:
+        port = agent.port
+        assert up(agent, "host", "node-a") == 1
+        rewrite(agent, {**first, "redis": [{"name": "sessions", "url": redis_server.url}]})
+        agent.wait_for(lambda: up(agent, "redis", "sessions") == 1, "the new redis target")
+        assert up(agent, "host", "node-a") == 1
+        # a target dropped from the config disappears from /metrics
+        rewrite(
+            agent,
+            {
+                "interval": 0.5,
+                "host": {"enabled": False},
+                "redis": [{"name": "sessions", "url": redis_server.url}],
+            },
+        )
+        agent.wait_for(lambda: up(agent, "host", "node-a") is None, "the host target to go")
+        assert agent.port == port
+        assert agent.log().count("configuration reloaded") == 2
+
+
+def test_invalid_new_config_keeps_the_old_one(tmp_path: Path) -> None:
+    config = {"interval": 0.5, "host": quiet_host()}
+    with AgentProcess(tmp_path, config) as agent:
+        for broken, reason in (
+            ("interval: [\n", "YAML syntax error at line"),
+            (yaml.safe_dump({**config, "hots": {}}), "hots: unknown key"),
+            (
+                yaml.safe_dump({**config, "rules": {"MemorySwapping": {"memory": 1}}}),
+                "unknown threshold memory",
+            ),
+        ):
+            rewrite(agent, broken)
+            agent.wait_for(lambda reason=reason: reason in agent.log(), f"the reason ({reason})")
+            assert "reload failed, keeping the running configuration" in agent.log()
+            assert agent.process is not None
+            assert agent.process.poll() is None
+            assert up(agent, "host", "node-a") == 1
+        assert "configuration reloaded" not in agent.log()
