@@ -47,10 +47,12 @@ class _Formatted(dict[str, str]):
         return UNKNOWN_TEXT
 
 
-def _summary(rule: Rule, target: str, evidence: Mapping[str, float], signals: Registry) -> str:
+def _summary(
+    rule: Rule, collector: str, target: str, evidence: Mapping[str, float], signals: Registry
+) -> str:
     values = _Formatted({name: signals[name].unit.format(value) for name, value in evidence.items()})
     values["target"] = target
-    return rule.summary.format_map(values)
+    return rule.summary_for(collector).format_map(values)
 
 
 def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list[Verdict]:
@@ -82,7 +84,7 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
                             target=subject,
                             truth=truth,
                             evidence=MappingProxyType(evidence),
-                            summary=_summary(rule, subject, evidence, signals),
+                            summary=_summary(rule, collector, subject, evidence, signals),
                             remediation=_remediation(rule, values),
                             details=window[-1].details if window else {},
                             missing=tuple(name for name in condition.signals() if name not in values),

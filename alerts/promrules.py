@@ -79,8 +79,11 @@ class Translator:
 
     def rule_expression(self) -> str:
         parts = []
-        for condition in self._rule.when.values():
+        for collector, condition in self._rule.when.items():
             text = self.expression(condition)
+            if not isinstance(self._rule.summary, str):
+                # The summary differs by collector: the alert carries which one it came from.
+                text = f'label_replace({text}, "collector", "{collector}", "", "")'
             split = self.split(condition)
             if split:
                 # Judged per split value, named "<target>/<value>" as the agent names it; the
@@ -100,7 +103,18 @@ class Translator:
         return text
 
     def summary(self) -> str:
-        return _PLACEHOLDER.sub(lambda match: self._figure(match.group(1)), self._rule.summary)
+        summary = self._rule.summary
+        if isinstance(summary, str):
+            return self._with_figures(summary)
+        *choices, (_, last) = summary.items()
+        text = self._with_figures(last)
+        for collector, template in reversed(choices):
+            chosen = f'{{{{ if eq $labels.collector "{collector}" }}}}{self._with_figures(template)}'
+            text = f"{chosen}{{{{ else }}}}{text}{{{{ end }}}}"
+        return text
+
+    def _with_figures(self, template: str) -> str:
+        return _PLACEHOLDER.sub(lambda match: self._figure(match.group(1)), template)
 
     def _figure(self, name: str) -> str:
         if name == "target":

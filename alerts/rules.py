@@ -32,7 +32,9 @@ class Rule:
     thresholds: Mapping[str, float]
     for_seconds: float
     keep_firing_seconds: float
-    summary: str  # str.format template over {target} and the signal names, values already formatted
+    # str.format template over {target} and the signal names, values already formatted; a rule
+    # judged on several collectors may give one per collector.
+    summary: str | Mapping[str, str]
     remediation: str
     # Signals of other tiers shown as evidence: the state of the rest of the system.
     context: tuple[str, ...] = ()
@@ -47,6 +49,9 @@ class Rule:
     def __post_init__(self) -> None:
         if not self.runbook:
             object.__setattr__(self, "runbook", RUNBOOK_PATH.format(name=self.name))
+
+    def summary_for(self, collector: str) -> str:
+        return self.summary if isinstance(self.summary, str) else self.summary[collector]
 
     def conditions(self) -> list[Condition]:
         return [*self.when.values(), *(condition for condition, _ in self.remediation_if)]

@@ -68,9 +68,12 @@ DATABASE_RULES = (
         thresholds=thresholds(connections_used_ratio=0.9, clients_waiting=1, longest_wait_seconds=1),
         for_seconds=15,
         keep_firing_seconds=60,
-        summary="{target} is running out of connections: {db_connections_used_ratio} of usable connections "
-        "in use, {pool_clients_waiting} clients waiting for a pooled connection "
-        "(longest {pool_longest_wait_seconds})",
+        summary={
+            "postgres": "{target} is running out of connections: {db_connections_used_ratio} of the usable "
+            "connections are in use",
+            "pgbouncer": "{target}: {pool_clients_waiting} clients wait for a pooled server connection "
+            "(longest {pool_longest_wait_seconds})",
+        },
         remediation=(
             "New connections are about to be refused (or clients already queue in the pooler), and "
             "requests will fail with 'too many clients' or time out. The fastest relief is PgBouncer in "

@@ -152,9 +152,10 @@ def test_connection_rule_fires_for_the_server_and_for_the_pooler(tmp_path: Path)
         {"series": "tierwatch_pgbouncer_longest_client_wait_seconds" + POOL_LABELS, "values": "2x10"},
     ]
 
-    def fired(target: str, summary: str) -> dict[str, Any]:
+    def fired(collector: str, target: str, summary: str) -> dict[str, Any]:
+        labels = {"severity": "critical", "tier": "database", "target": target, "collector": collector}
         return {
-            "exp_labels": {"severity": "critical", "tier": "database", "target": target},
+            "exp_labels": labels,
             "exp_annotations": {
                 "summary": summary,
                 "remediation": exhausted.remediation,
@@ -179,14 +180,15 @@ def test_connection_rule_fires_for_the_server_and_for_the_pooler(tmp_path: Path)
                         "alertname": "ConnectionPoolExhaustion",
                         "exp_alerts": [
                             fired(
+                                "postgres",
                                 "main",
-                                "main is running out of connections: 95% of usable connections in use, "
-                                "unknown clients waiting for a pooled connection (longest unknown)",
+                                "main is running out of connections: 95% of the usable connections "
+                                "are in use",
                             ),
                             fired(
+                                "pgbouncer",
                                 "pool",
-                                "pool is running out of connections: unknown of usable connections in "
-                                "use, 3 clients waiting for a pooled connection (longest 2s)",
+                                "pool: 3 clients wait for a pooled server connection (longest 2s)",
                             ),
                         ],
                     },
