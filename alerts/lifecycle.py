@@ -11,6 +11,9 @@ from enum import StrEnum
 from alerts.classifier import Verdict
 
 AlertKey = tuple[str, str, str]  # (rule, collector, target)
+# Cycles start a few milliseconds late now and then; without slack, an alert whose `for` is a
+# multiple of the interval would wait one whole extra cycle whenever its check lands just short.
+SCHEDULING_SLACK_SECONDS = 0.25
 
 
 class State(StrEnum):
@@ -60,7 +63,8 @@ class AlertTracker:
         for key, verdict in holding.items():
             alert = self._active.get(key) or Alert(verdict, State.PENDING, active_since=now, last_held=now)
             alert = replace(alert, verdict=verdict, last_held=now)
-            if alert.state is State.PENDING and now - alert.active_since >= verdict.rule.for_seconds:
+            held_for = now - alert.active_since + SCHEDULING_SLACK_SECONDS
+            if alert.state is State.PENDING and held_for >= verdict.rule.for_seconds:
                 alert = replace(alert, state=State.FIRING, fired_at=now)
             self._active[key] = alert
         return sorted(self._active.values(), key=lambda a: a.key), resolved

@@ -154,3 +154,12 @@ def test_firing_alert_is_held_while_its_target_is_unknown() -> None:
     assert states == [[State.FIRING], [State.FIRING], [State.FIRING], [State.FIRING], [State.RESOLVED], []]
 
     assert lifecycle_run_with([True, None], for_seconds=20, keep=5) == [[State.PENDING], []]
+
+
+def test_a_cycle_landing_just_short_of_for_still_fires() -> None:
+    rule = RULES[0].with_overrides(True, 10, {})
+    tracker = AlertTracker()
+    verdict = Verdict(rule, "host", "node-a", True, {}, "summary")
+    tracker.update([verdict], now=100.0)
+    active, _ = tracker.update([verdict], now=109.995)  # two 5 s cycles, the second 5 ms early
+    assert [alert.state for alert in active] == [State.FIRING]
