@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ from tests.proc_trees import DATA
 from tests.support import AgentProcess, http_get
 
 QUIET_HOST = DATA / "no-psi" / "t1"
+LOAD_SECONDS = 25  # every load stops by itself after this, whatever the test does
 # Scenario tests judge naming, not patience: every rule may fire after 1 s of holding.
 FAST_RULES = {name: {"for": 1} for name in ALERT_NAMES}
 
@@ -52,3 +56,25 @@ def wait_for_alerts(
             return {name: alert for (name, _), alert in seen.items()}
         time.sleep(0.25)
     raise AssertionError(f"expected {sorted(expected)}, firing {sorted(seen)}\n{agent.log()[-3000:]}")
+
+
+@contextmanager
+def sessions_running(connect: Any, sql: str, count: int) -> Iterator[None]:
+    """``count`` sessions running ``sql`` in a loop until the block ends (or LOAD_SECONDS pass)."""
+    stop = threading.Event()
+    deadline = time.monotonic() + LOAD_SECONDS
+
+    def run() -> None:
+        with connect() as connection:
+            while not stop.is_set() and time.monotonic() < deadline:
+                connection.execute(sql)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
