@@ -56,6 +56,15 @@ SeriesKey = tuple[str, LabelValues]
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 
 
+def as_finite(value: float) -> float | None:
+    """The value as a float; None when it is NaN, infinite or an integer beyond a float's range."""
+    try:
+        number = float(value)
+    except OverflowError:  # float(10**400): a peer's digits can outgrow any float
+        return None
+    return number if math.isfinite(number) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """What one cycle of one collector saw of one target."""
@@ -85,14 +94,18 @@ class SampleBuilder:
             raise KeyError(f"series {name!r} is not declared by this collector")
         if len(labels) != expected:
             raise ValueError(f"series {name!r} takes {expected} label values, got {len(labels)}")
-        value = float(value)
-        if math.isfinite(value):
-            self._values[(name, labels)] = value
+        number = as_finite(value)
+        if number is not None:
+            self._values[(name, labels)] = number
 
     def ratio(self, name: str, numerator: float, denominator: float, *labels: str) -> None:
         """Sets numerator/denominator, or nothing when the denominator is zero: unknown, not 0 or Inf."""
         if denominator > 0:
-            self.set(name, numerator / denominator, *labels)
+            try:
+                quotient = numerator / denominator
+            except OverflowError:  # an integer operand or the quotient beyond a float: unknown too
+                return
+            self.set(name, quotient, *labels)
 
     def detail(self, key: str, value: object) -> None:
         self._details[key] = value

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from collectors.base import as_finite
+
 
 class Deltas:
     def __init__(self) -> None:
@@ -24,9 +26,17 @@ class Deltas:
         return elapsed if elapsed is not None and elapsed > 0 else None
 
     def delta(self, key: Hashable, value: float) -> float | None:
-        """The increase since the previous cycle; None on first sight or after a counter reset."""
+        """The increase since the previous cycle; None on first sight or after a counter reset.
+
+        A reading that is not a finite number (NaN, infinite, an integer beyond a float) is no counter
+        value: it gives no increase and is not kept as the base of the next one, so that neither a
+        NaN nor a huge difference reaches a rate or a ratio (``min(1.0, nan)`` is 1.0).
+        """
+        if as_finite(value) is None:
+            return None
         self._current[key] = value
         previous = self._previous.get(key)
         if previous is None or value < previous:
             return None
-        return value - previous
+        increase = value - previous
+        return increase if as_finite(increase) is not None else None

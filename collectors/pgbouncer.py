@@ -92,7 +92,7 @@ def number(row: Row, column: str) -> float:
         return 0.0  # an optional column this PgBouncer version does not have
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: digits beyond a float
         raise CollectorError(Reason.PARSE, f"{column} is not a number") from None
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from collectors.app.histogram import histogram_quantile
-from collectors.base import CollectorError, Reason, SampleBuilder
+from collectors.base import CollectorError, Reason, SampleBuilder, as_finite
 from collectors.deltas import Deltas
 
 STATUS_LABELS = ("status", "code", "status_code")
@@ -66,6 +66,15 @@ def fetch(url: str, timeout: float) -> str:
     if len(body) > MAX_BYTES:
         raise CollectorError(Reason.OTHER, f"{where}: the page is larger than {MAX_BYTES // 2**20} MiB")
     return body.decode("utf-8", errors="replace")
+
+
+def counter_value(value: float) -> float | None:
+    """A counter's or bucket's reading as a float; None for what no counter holds: a negative, NaN or
+    infinite value, or digits beyond a float (the parser returns integral values as ints). Such a
+    series is left out like an absent one, so it can neither crash the sums nor push the 5xx share
+    out of [0, 1]."""
+    number = as_finite(value)
+    return number if number is not None and number >= 0 else None
 
 
 class Scraper:
@@ -123,7 +132,9 @@ class Scraper:
     @staticmethod
     def _samples(samples: Iterable[Sample], names: set[str]) -> dict[Labels, float]:
         return {
-            tuple(sorted(sample.labels.items())): sample.value for sample in samples if sample.name in names
+            tuple(sorted(sample.labels.items())): value
+            for sample in samples
+            if sample.name in names and (value := counter_value(sample.value)) is not None
         }
 
     def _increases(self, kind: str, values: dict[Labels, float], has_previous: bool) -> dict[Labels, float]:

@@ -23,6 +23,14 @@ SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram", "fd", "sr")
 SKIPPED_NET_PREFIXES = ("lo", "veth", "cali", "cilium", "lxc", "flannel", "cni", "docker", "br-", "tunl")
 
 
+def within(part: float, whole: float) -> float:
+    """``part`` moved into [0, whole], so that part / whole is a share. Needed because counters of one
+    file are not read atomically (busy CPU ticks outgrow total ticks when iowait goes backwards, which
+    proc(5) warns of) and virtualized procfs (LXCFS) has shown MemAvailable above MemTotal. The order
+    of min and max keeps a NaN a NaN, for the sample builder to drop rather than pass as 0 or 1."""
+    return min(max(part, 0), whole)
+
+
 def read_text(path: Path) -> str | None:
     """The file's text, or None when it does not exist (an optional source such as PSI)."""
     try:
@@ -87,7 +95,7 @@ class HostCollector(Collector):
         total = self._deltas.delta((key, "total"), ticks.total)
         if busy is None or iowait is None or not total:
             return None
-        return busy / total, iowait / total
+        return within(busy, total) / total, within(iowait, total) / total
 
     def _cpu(self, out: SampleBuilder) -> int:
         stat = procfs.parse_stat(read_required(self._proc / "stat"))
@@ -103,8 +111,11 @@ class HostCollector(Collector):
             out.set("host_cpu_iowait_ratio", overall[1])
         per_core = [r for name, t in stat.cores.items() if (r := self._ticks_ratio(name, t)) is not None]
         if per_core:
-            out.set("host_cpu_busiest_core_utilization_ratio", max(busy for busy, _ in per_core))
-            out.set("host_cpu_busiest_core_iowait_ratio", max(iowait for _, iowait in per_core))
+            # The busiest core is at least the average; the kernel sums the aggregate line in a separate
+            # pass over the cores, so at a tick boundary the per-core lines can lag it by a tick.
+            floor = overall or (0.0, 0.0)
+            out.set("host_cpu_busiest_core_utilization_ratio", max(floor[0], *(busy for busy, _ in per_core)))
+            out.set("host_cpu_busiest_core_iowait_ratio", max(floor[1], *(iowait for _, iowait in per_core)))
         return cpus
 
     def _load(self, out: SampleBuilder, cpus: int) -> None:
@@ -115,13 +126,17 @@ class HostCollector(Collector):
 
     def _memory(self, out: SampleBuilder, elapsed: float | None) -> None:
         memory = procfs.parse_meminfo(read_required(self._proc / "meminfo"))
+        missing = [key for key in ("MemTotal", "MemAvailable") if key not in memory]
+        if missing:  # MemAvailable came with Linux 3.14
+            raise CollectorError(Reason.PARSE, f"meminfo has no {' or '.join(missing)}")
         total, available = memory["MemTotal"], memory["MemAvailable"]
         out.set("host_memory_total_bytes", total)
         out.set("host_memory_available_bytes", available)
-        out.ratio("host_memory_used_ratio", total - available, total)
+        out.ratio("host_memory_used_ratio", within(total - available, total), total)
         swap_total = memory.get("SwapTotal", 0)
         out.set("host_swap_total_bytes", swap_total)
-        out.ratio("host_swap_used_ratio", swap_total - memory.get("SwapFree", 0), swap_total)
+        swap_used = within(swap_total - memory.get("SwapFree", 0), swap_total)
+        out.ratio("host_swap_used_ratio", swap_used, swap_total)
         vmstat = procfs.parse_key_values(read_required(self._proc / "vmstat"), "vmstat")
         for counter, series in (
             ("pswpin", "host_swap_in_pages_per_second"),
@@ -163,7 +178,8 @@ class HostCollector(Collector):
             if text is None:
                 continue  # kernels without PSI: no series, no error
             for kind, pressure in procfs.parse_pressure(text, f"pressure/{resource}").items():
-                out.set("host_pressure_stall_avg10_ratio", pressure.avg10_percent / 100, resource, kind)
+                share = within(pressure.avg10_percent, 100) / 100
+                out.set("host_pressure_stall_avg10_ratio", share, resource, kind)
                 out.set(
                     "host_pressure_stalled_seconds_total", pressure.total_microseconds / 1e6, resource, kind
                 )
@@ -196,4 +212,4 @@ class HostCollector(Collector):
         periods = self._deltas.delta("cgroup_periods", stat["nr_periods"])
         throttled = self._deltas.delta("cgroup_throttled", stat.get("nr_throttled", 0))
         if periods is not None and throttled is not None:
-            out.ratio("host_cgroup_cpu_throttled_periods_ratio", throttled, periods)
+            out.ratio("host_cgroup_cpu_throttled_periods_ratio", within(throttled, periods), periods)

@@ -14,6 +14,8 @@ from collectors.base import CollectorError, Reason
 
 # /proc/stat cpu columns: user nice system idle iowait irq softirq steal (guest time is already in user).
 IDLE, IOWAIT, COUNTED_COLUMNS = 3, 4, 8
+# The kernel prints 64-bit numbers, signed or unsigned (a drifting vmstat gauge shows as nearly 2**64).
+SMALLEST, LARGEST = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,14 @@ def parsing(source: str) -> Iterator[None]:
         raise CollectorError(Reason.PARSE, f"{source}: {error}") from None
 
 
+def integer(text: str) -> int:
+    """A number the kernel wrote; longer digit strings are not from a kernel and overflow a float."""
+    value = int(text)
+    if not SMALLEST <= value <= LARGEST:
+        raise ValueError(f"{text[:20]}... is not a 64-bit number")
+    return value
+
+
 def parse_stat(text: str) -> Stat:
     with parsing("stat"):
         overall: CpuTicks | None = None
@@ -71,7 +81,7 @@ def parse_stat(text: str) -> Stat:
             if not fields:
                 continue
             if fields[0].startswith("cpu"):
-                ticks = [int(value) for value in fields[1 : 1 + COUNTED_COLUMNS]]
+                ticks = [integer(value) for value in fields[1 : 1 + COUNTED_COLUMNS]]
                 if len(ticks) < IOWAIT + 1:
                     raise ValueError(f"{fields[0]} has {len(ticks)} columns")
                 total = sum(ticks)
@@ -82,7 +92,7 @@ def parse_stat(text: str) -> Stat:
                 else:
                     cores[fields[0]] = times
             elif fields[0] in ("procs_running", "procs_blocked"):
-                procs[fields[0]] = int(fields[1])
+                procs[fields[0]] = integer(fields[1])
         if overall is None:
             raise ValueError("no aggregate cpu line")
         return Stat(overall, cores, procs.get("procs_running"), procs.get("procs_blocked"))
@@ -104,7 +114,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
                 continue
             fields = rest.split()
             scale = 1024 if len(fields) > 1 and fields[1] == "kB" else 1
-            values[key.strip()] = int(fields[0]) * scale
+            values[key.strip()] = integer(fields[0]) * scale
         return values
 
 
@@ -115,7 +125,7 @@ def parse_key_values(text: str, source: str) -> dict[str, int]:
         for line in text.splitlines():
             fields = line.split()
             if len(fields) >= 2:
-                values[fields[0]] = int(fields[1])
+                values[fields[0]] = integer(fields[1])
         return values
 
 
@@ -126,9 +136,9 @@ def parse_diskstats(text: str) -> dict[str, DiskCounters]:
             fields = line.split()
             if len(fields) < 14:
                 continue
-            reads, read_ms, writes, write_ms = (int(fields[i]) for i in (3, 6, 7, 10))
+            reads, read_ms, writes, write_ms = (integer(fields[i]) for i in (3, 6, 7, 10))
             disks[fields[2]] = DiskCounters(
-                ios=reads + writes, io_wait_ms=read_ms + write_ms, busy_ms=int(fields[12])
+                ios=reads + writes, io_wait_ms=read_ms + write_ms, busy_ms=integer(fields[12])
             )
         return disks
 
@@ -140,7 +150,7 @@ def parse_net_dev(text: str) -> dict[str, NetCounters]:
             name, sep, rest = line.partition(":")
             if not sep:
                 continue
-            fields = [int(value) for value in rest.split()]
+            fields = [integer(value) for value in rest.split()]
             devices[name.strip()] = NetCounters(
                 receive_errors=fields[2],
                 receive_drops=fields[3],
@@ -157,7 +167,7 @@ def parse_pressure(text: str, source: str) -> dict[str, Pressure]:
         for line in text.splitlines():
             kind, *pairs = line.split()
             values = dict(pair.split("=", 1) for pair in pairs)
-            kinds[kind] = Pressure(float(values["avg10"]), int(values["total"]))
+            kinds[kind] = Pressure(float(values["avg10"]), integer(values["total"]))
         return kinds
 
 
@@ -173,4 +183,8 @@ def parse_cpu_max(text: str) -> float | None:
     """cgroup v2 cpu.max ``quota period`` as cores; None when unlimited."""
     with parsing("cpu.max"):
         quota, period = text.split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        if quota == "max":
+            return None
+        if integer(period) <= 0:
+            raise ValueError(f"period {period} is not positive")
+        return integer(quota) / integer(period)

@@ -18,10 +18,10 @@ from collectors.kubernetes.objects import (
     Hpa,
     ObjectError,
     controller_uid,
-    get,
     parse_deployment,
     parse_hpa,
     parse_pod,
+    uid,
 )
 
 CONDITION_METRICS = {
@@ -138,7 +138,7 @@ class KubernetesCollector(Collector):
         # The selector may also match pods of another workload; the Deployment's pods are those of
         # the ReplicaSets it controls, as the Deployment controller itself counts them.
         replica_sets = {
-            get(item, "metadata", "uid")
+            uid(item)
             for item in self._api.list_replicasets(deployment.selector, deadline)
             if controller_uid(item) == deployment.uid
         }

@@ -15,6 +15,8 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from collectors.base import as_finite
+
 # HPA metric source type -> the key of its source object, in spec.metrics and status.currentMetrics.
 METRIC_SOURCES = {
     "Resource": "resource",
@@ -50,6 +52,16 @@ def _count(obj: Any, *path: str, default: int = 0) -> int:
     return default if value is None else value
 
 
+def _list(obj: Any, *path: str) -> list[Any]:
+    """A list field; absent reads as empty, as the API omits empty lists."""
+    value = get(obj, *path)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ObjectError(f"{'.'.join(path)} is not a list: {value!r}")
+    return value
+
+
 def _str(obj: Any, *path: str) -> str:
     value = get(obj, *path)
     if not isinstance(value, str) or not value:
@@ -67,9 +79,12 @@ def timestamp(value: Any, where: str) -> float:
 def quantity(value: Any, where: str) -> float:
     """A Kubernetes quantity ("250m", "512Mi", "3") as a float in base units (cores, bytes)."""
     try:
-        return float(parse_quantity(value))
+        number = as_finite(parse_quantity(value))
     except (ValueError, TypeError, InvalidOperation):
-        raise ObjectError(f"{where} is not a quantity: {value!r}") from None
+        number = None
+    if number is None:  # NaN or beyond a float would hide the HPA's other metrics in max(usage)
+        raise ObjectError(f"{where} is not a quantity: {value!r}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +127,7 @@ class Hpa:
 def metric_label(entry: Any) -> str | None:
     """A short, bounded name for an HPA metric entry: "resource/cpu", "pods/<metric>", ..."""
     kind = get(entry, "type")
-    source = get(entry, METRIC_SOURCES.get(kind, ""))
+    source = get(entry, METRIC_SOURCES.get(kind, "")) if isinstance(kind, str) else None
     if not isinstance(source, dict):
         return None  # status.currentMetrics holds {"type": ""} while metrics are unavailable
     if kind == "Resource":
@@ -125,14 +140,15 @@ def metric_label(entry: Any) -> str | None:
 
 
 def _metric_value(values: Any, value_type: str, where: str) -> float | None:
-    value = get(values, TARGET_FIELDS.get(value_type, ""))
-    if value is None:
+    field = TARGET_FIELDS.get(value_type)
+    value = None if field is None else get(values, field)
+    if field is None or value is None:
         return None
     if value_type == "Utilization":
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or as_finite(value) is None:
             raise ObjectError(f"{where}.averageUtilization is not a number: {value!r}")
         return value / 100
-    return quantity(value, f"{where}.{TARGET_FIELDS[value_type]}")
+    return quantity(value, f"{where}.{field}")
 
 
 def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ...]:
@@ -164,7 +180,7 @@ def parse_hpa(obj: Any) -> Hpa:
     name = _str(obj, "metadata", "name")
     try:
         conditions = {}
-        for entry in get(obj, "status", "conditions") or []:
+        for entry in _list(obj, "status", "conditions"):
             conditions[_str(entry, "type")] = Condition(
                 str(get(entry, "status")), str(get(entry, "reason") or ""), str(get(entry, "message") or "")
             )
@@ -195,10 +211,16 @@ def parse_hpa(obj: Any) -> Hpa:
 
 def label_selector(selector: Any) -> str:
     """A LabelSelector object in the query syntax of the labelSelector parameter."""
-    parts = [f"{key}={value}" for key, value in sorted((get(selector, "matchLabels") or {}).items())]
-    for expression in get(selector, "matchExpressions") or []:
+    match_labels = get(selector, "matchLabels") or {}
+    if not isinstance(match_labels, dict) or not all(isinstance(v, str) for v in match_labels.values()):
+        raise ObjectError(f"spec.selector.matchLabels is not a map of strings: {match_labels!r}")
+    parts = [f"{key}={value}" for key, value in sorted(match_labels.items())]
+    for expression in _list(selector, "matchExpressions"):
         key, operator = _str(expression, "key"), get(expression, "operator")
-        values = ",".join(get(expression, "values") or [])
+        listed = _list(expression, "values")
+        if not all(isinstance(value, str) for value in listed):
+            raise ObjectError(f"selector values of {key} are not strings: {listed!r}")
+        values = ",".join(listed)
         if operator == "In":
             parts.append(f"{key} in ({values})")
         elif operator == "NotIn":
@@ -246,10 +268,26 @@ def parse_deployment(obj: Any) -> Deployment:
 
 def controller_uid(obj: Any) -> str | None:
     """The uid of the object's managing controller (the ownerReference with controller: true)."""
-    for owner in get(obj, "metadata", "ownerReferences") or []:
+    name = get(obj, "metadata", "name")
+    try:
+        owners = _list(obj, "metadata", "ownerReferences")
+    except ObjectError as error:
+        raise ObjectError(f"{name}: {error}") from None
+    for owner in owners:
         if get(owner, "controller") is True:
-            return get(owner, "uid")
+            owner_uid = get(owner, "uid")
+            if not isinstance(owner_uid, str) or not owner_uid:
+                raise ObjectError(f"{name}: the controller in metadata.ownerReferences has no uid")
+            return owner_uid
     return None
+
+
+def uid(obj: Any) -> str:
+    """The object's own uid, which the owner references of its dependents hold."""
+    try:
+        return _str(obj, "metadata", "uid")
+    except ObjectError as error:
+        raise ObjectError(f"{get(obj, 'metadata', 'name')}: {error}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,11 +309,9 @@ def parse_pod(obj: Any) -> Pod | None:
         created = timestamp(_str(obj, "metadata", "creationTimestamp"), "metadata.creationTimestamp")
         ready = any(
             get(condition, "type") == "Ready" and get(condition, "status") == "True"
-            for condition in get(obj, "status", "conditions") or []
+            for condition in _list(obj, "status", "conditions")
         )
-        restarts = sum(
-            _count(status, "restartCount") for status in get(obj, "status", "containerStatuses") or []
-        )
+        restarts = sum(_count(status, "restartCount") for status in _list(obj, "status", "containerStatuses"))
     except ObjectError as error:
         raise ObjectError(f"Pod {name}: {error}") from None
     return Pod(name, created, ready, restarts, controller_uid(obj))

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import psycopg
 from psycopg import errors
+
+from collectors.base import CollectorError, Reason, as_finite
 
 QUERY_TEXT_LENGTH = 200
 HIDDEN, UNNAMED = "unknown", "unnamed"
@@ -143,9 +146,35 @@ class Replication:
     lag_bytes: dict[str, float] = field(default_factory=dict)
 
 
+def number(value: object, what: str, *, signed: bool = False) -> float:
+    """A numeric column as a float: int, float or numeric, finite, and not below zero unless ``signed``.
+
+    A server sends nothing else in these columns, but a proxy, a driver change or a broken extension
+    could; a NULL count or a text would otherwise surface as a TypeError, a negative count as a share
+    above 1 (lock waits / all load).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise CollectorError(Reason.PARSE, f"{what} is not a number: {type(value).__name__}")
+    try:
+        converted = as_finite(value)
+    except ValueError:  # Decimal('sNaN') refuses conversion
+        converted = None
+    if converted is None or (converted < 0 and not signed):
+        raise CollectorError(Reason.PARSE, f"{what} is out of range: {str(value)[:24]}")
+    return converted
+
+
 def read_limits(connection: psycopg.Connection) -> Limits:
-    [row] = connection.execute(LIMITS_SQL).fetchall()
-    return Limits(*row)
+    [(max_connections, superuser_reserved, reserved, reads_all_stats, user)] = connection.execute(
+        LIMITS_SQL
+    ).fetchall()
+    return Limits(
+        int(number(max_connections, "max_connections")),
+        int(number(superuser_reserved, "superuser_reserved_connections")),
+        int(number(reserved, "reserved_connections")),
+        reads_all_stats,
+        user,
+    )
 
 
 def state_label(state: str | None) -> str:
@@ -164,19 +193,27 @@ def read_activity(connection: psycopg.Connection) -> Activity:
     groups: dict[str, dict[str, float]] = {kind: {} for kind in LABEL_OF_KIND}
     for kind, key, value in connection.execute(ACTIVITY_SQL):
         if value is not None:  # an age is NULL when no session is in that state
-            groups[kind][LABEL_OF_KIND[kind](key)] = value
+            # Counts are never negative; an age is when a query began after the statement's now().
+            signed = kind == "wait" and key != "blocked"
+            groups[kind][LABEL_OF_KIND[kind](key)] = number(value, f"pg_stat_activity {kind}", signed=signed)
     return Activity(groups["state"], groups["application"], groups["client"], groups["wait"])
 
 
 def read_databases(connection: psycopg.Connection) -> list[DatabaseStats]:
-    return [
-        DatabaseStats(name, *(None if value is None else float(value) for value in counters))
-        for name, *counters in connection.execute(DATABASES_SQL)
-    ]
+    stats = []
+    for name, *counters, seq_scans, index_scans in connection.execute(DATABASES_SQL):
+        where = f"pg_stat_database of {name}"
+        scans = (None if value is None else number(value, where) for value in (seq_scans, index_scans))
+        stats.append(DatabaseStats(name, *(number(value, where) for value in counters), *scans))
+    return stats
 
 
 def read_replication(connection: psycopg.Connection) -> Replication:
-    rows = connection.execute(REPLICATION_SQL).fetchall()
+    rows = [
+        # Replay delays can be below zero: the primary's clock may be ahead of the standby's.
+        (name, *(None if value is None else number(value, "replication lag", signed=True) for value in lags))
+        for name, *lags in connection.execute(REPLICATION_SQL).fetchall()
+    ]
     standby = [seconds for name, seconds, _ in rows if name is None]
     if standby:
         return Replication(True, replay_delay=standby[0])

@@ -12,6 +12,7 @@ import threading
 import psycopg
 
 from collectors.base import CollectorError
+from collectors.postgres.queries import number
 from collectors.postgres.session import Session
 
 WAIT_CLASSES = ("cpu", "io", "lock", "lwlock", "client", "other")
@@ -41,7 +42,9 @@ class LoadSampler:
 
     def take(self, connection: psycopg.Connection) -> None:
         rows = connection.execute(SAMPLE_SQL).fetchall()
-        for wait_type, sessions in rows:
+        # Checked before any is added: a bad row must not leave half a sample in the sums.
+        counts = [(wait_type, number(sessions, "active sessions")) for wait_type, sessions in rows]
+        for wait_type, sessions in counts:
             self._sums[CLASS_OF_WAIT_TYPE.get(wait_type, "other")] += sessions
         self._samples += 1
 

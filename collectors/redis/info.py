@@ -16,6 +16,7 @@ CMDSTAT_PREFIX = "cmdstat_"
 LATENCY_PREFIX = "latency_percentiles_usec_"
 # Slow-log arguments can hold user data; evidence needs the command and its key, not the values.
 SLOWLOG_TEXT_LIMIT = 40
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _parse_error(detail: str) -> CollectorError:
@@ -145,7 +146,8 @@ def slowlog_entries(reply: object) -> list[dict[str, object]]:
         if not (
             isinstance(entry, list)
             and len(entry) >= 4
-            and all(isinstance(field, int) for field in entry[:3])
+            # RESP integers are signed 64-bit; a longer one is not from Redis and overflows a float.
+            and all(isinstance(field, int) and INT64_MIN <= field <= INT64_MAX for field in entry[:3])
             and isinstance(entry[3], list)
         ):
             raise _parse_error("SLOWLOG GET entry does not have the id, time, duration, arguments shape")
