@@ -1,16 +1,19 @@
-"""Renders /metrics from the store: one custom collector, fresh metric families per render.
+"""Renders /metrics from the store: one custom collector, fresh metric families when data changed.
 
 Rendering happens only when the store changed since the last render; scrapes in between are served
-the same bytes, which keeps /metrics cheap however often it is scraped.
+the same bytes, which keeps /metrics cheap however often it is scraped. Within a render, only the
+families whose data changed are built again and formatted again: a cycle usually moves a few series
+(counters, durations), and building and formatting the rest is most of what a render would cost.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent import __version__
@@ -21,10 +24,18 @@ log = logging.getLogger("tierwatch.exporter")
 PREFIX = "tierwatch_"
 AS_OF = " Value as of the last collection cycle."
 SELF_LABELS = ["collector", "target"]
+ALERT_LABELS = ["alertname", "alertstate", "severity", "tier", "target"]
+REASONS = tuple(Reason)
+_Series = tuple[str, tuple[str, ...], float]  # (target, label values, value)
 
 
 class StoreCollector:
-    """prometheus_client custom collector over the store; ``collect`` never raises."""
+    """prometheus_client custom collector over the store; ``collect`` never raises.
+
+    A family is built afresh when its data differs from the last collect's, else the last one is
+    yielded again (families are never changed once yielded). Not for concurrent collects: MetricsPage
+    calls it under its lock.
+    """
 
     def __init__(self, store: Store, specs: Mapping[str, Iterable[MetricSpec]]) -> None:
         self._store = store
@@ -32,103 +43,200 @@ class StoreCollector:
             collector: {spec.name: spec for spec in collector_specs}
             for collector, collector_specs in specs.items()
         }
+        self._build_info = GaugeMetricFamily(
+            f"{PREFIX}build_info", "tierwatch build; always 1.", labels=["version"]
+        )
+        self._build_info.add_metric([__version__], 1)
+        # family name -> (the data it was built from, the family), as of the last collect; tier
+        # families apart, as (spec, series, family), being most of the page
+        self._built: dict[str, tuple[object, Metric]] = {}
+        self._next: dict[str, tuple[object, Metric]] = {}
+        self._tiers_built: dict[str, tuple[MetricSpec, list[_Series], Metric]] = {}
+        self._tiers_next: dict[str, tuple[MetricSpec, list[_Series], Metric]] = {}
 
     def describe(self) -> list[Metric]:
         # Nothing to describe up front: families depend on what the targets report.
         return []
 
     def collect(self) -> Iterator[Metric]:
+        self._next, self._tiers_next = {}, {}
         try:
+            yield self._build_info
             yield from self._self_metrics()
             yield from self._tier_metrics()
             yield self._alert_series()
             yield self._signal_series()
         except Exception:  # a bug here must cost a scrape its tier series, never the endpoint
             log.exception("rendering /metrics failed")
+        finally:
+            self._built, self._tiers_built = self._next, self._tiers_next
+
+    def _family(self, name: str, data: Any, build: Callable[[Any], Metric]) -> Metric:
+        last = self._built.get(name)
+        family = last[1] if last is not None and last[0] == data else build(data)
+        self._next[name] = (data, family)
+        return family
 
     def _self_metrics(self) -> Iterator[Metric]:
-        build = GaugeMetricFamily(f"{PREFIX}build_info", "tierwatch build; always 1.", labels=["version"])
-        build.add_metric([__version__], 1)
-        yield build
-        up = GaugeMetricFamily(f"{PREFIX}collector_up", "1 if the last cycle succeeded.", labels=SELF_LABELS)
-        duration = GaugeMetricFamily(
-            f"{PREFIX}collector_duration_seconds", "Duration of the last cycle.", labels=SELF_LABELS
+        statuses = sorted(self._store.statuses().items())
+        yield self._family("collector_up", [(key, status.up) for key, status in statuses], _up_family)
+        yield self._family(
+            "collector_duration_seconds",
+            [(key, status.duration_seconds) for key, status in statuses],
+            _duration_family,
         )
-        errors = CounterMetricFamily(
-            f"{PREFIX}collector_errors_total", "Failed cycles by reason.", labels=[*SELF_LABELS, "reason"]
+        yield self._family(
+            "collector_errors_total",
+            [(key, status.errors_total) for key, status in statuses],
+            _errors_family,
         )
-        last_success = GaugeMetricFamily(
-            f"{PREFIX}collector_last_success_timestamp_seconds",
-            "Unix time of the last successful cycle.",
-            labels=SELF_LABELS,
+        yield self._family(
+            "collector_last_success_timestamp_seconds",
+            [(key, status.last_success_timestamp) for key, status in statuses],
+            _last_success_family,
         )
-        for (collector, target), status in sorted(self._store.statuses().items()):
-            labels = [collector, target]
-            up.add_metric(labels, 1 if status.up else 0)
-            if status.duration_seconds is not None:
-                duration.add_metric(labels, status.duration_seconds)
-            for reason in Reason:
-                errors.add_metric([*labels, reason.value], status.errors_total[reason])
-            if status.last_success_timestamp is not None:
-                last_success.add_metric(labels, status.last_success_timestamp)
-        yield from (up, duration, errors, last_success)
 
     def _alert_series(self) -> Metric:
-        family = GaugeMetricFamily(
-            f"{PREFIX}alert",
-            "Active bottleneck alerts, like Prometheus's ALERTS series.",
-            labels=["alertname", "alertstate", "severity", "tier", "target"],
-        )
-        for alert in self._store.alerts():
-            rule = alert.verdict.rule
-            family.add_metric(
-                [rule.name, alert.state.value, rule.severity.value, rule.tier, alert.verdict.target], 1
-            )
-        return family
+        return self._family("alert", self._store.alerts(), _alert_family)
 
     def _signal_series(self) -> Metric:
-        family = GaugeMetricFamily(
-            f"{PREFIX}signal_value",
-            "Bottleneck signals the classifier derives across tiers (read by `tierwatch rules`).",
-            labels=["signal", "target"],
-        )
-        for (name, target), value in sorted(self._store.signals().items()):
-            family.add_metric([name, target], value)
-        return family
+        return self._family("signal_value", sorted(self._store.signals().items()), _signal_family)
 
     def _tier_metrics(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
+        # Each family's series in page order, (target, label values, value), grouped first so
+        # that an unchanged family is found by comparing plain tuples.
+        series: dict[str, list[_Series]] = {}
+        declared: dict[str, MetricSpec] = {}
         for sample in sorted(self._store.latest(), key=lambda s: (s.collector, s.target)):
             specs = self._specs.get(sample.collector, {})
+            target = sample.target
             for (name, labels), value in sample.values.items():
-                family = families.get(name)
-                if family is None:
+                entries = series.get(name)
+                if entries is None:
                     spec = specs.get(name)
                     if spec is None:
                         continue
-                    family = families[name] = _family(spec)
-                family.add_metric([sample.target, *labels], value)
-        yield from families.values()
+                    entries = series[name] = []
+                    declared[name] = spec
+                entries.append((target, labels, value))
+        built, kept = self._tiers_built, self._tiers_next
+        for name, entries in series.items():
+            spec = declared[name]
+            last = built.get(name)
+            if last is not None and last[0] is spec and last[1] == entries:
+                family = last[2]
+            else:
+                family = _tier_family(spec, entries)
+            kept[name] = (spec, entries, family)
+            yield family
 
 
-def _family(spec: MetricSpec) -> Metric:
+def _up_family(data: list[tuple[tuple[str, str], bool]]) -> Metric:
+    family = GaugeMetricFamily(f"{PREFIX}collector_up", "1 if the last cycle succeeded.", labels=SELF_LABELS)
+    for key, up in data:
+        family.add_metric(key, 1 if up else 0)
+    return family
+
+
+def _duration_family(data: list[tuple[tuple[str, str], float | None]]) -> Metric:
+    family = GaugeMetricFamily(
+        f"{PREFIX}collector_duration_seconds", "Duration of the last cycle.", labels=SELF_LABELS
+    )
+    for key, duration in data:
+        if duration is not None:
+            family.add_metric(key, duration)
+    return family
+
+
+def _errors_family(data: list[tuple[tuple[str, str], Mapping[Reason, int]]]) -> Metric:
+    family = CounterMetricFamily(
+        f"{PREFIX}collector_errors_total", "Failed cycles by reason.", labels=[*SELF_LABELS, "reason"]
+    )
+    for (collector, target), errors_total in data:
+        for reason in REASONS:
+            family.add_metric([collector, target, reason.value], errors_total[reason])
+    return family
+
+
+def _last_success_family(data: list[tuple[tuple[str, str], float | None]]) -> Metric:
+    family = GaugeMetricFamily(
+        f"{PREFIX}collector_last_success_timestamp_seconds",
+        "Unix time of the last successful cycle.",
+        labels=SELF_LABELS,
+    )
+    for key, timestamp in data:
+        if timestamp is not None:
+            family.add_metric(key, timestamp)
+    return family
+
+
+def _alert_family(alerts: Iterable[Any]) -> Metric:
+    family = GaugeMetricFamily(
+        f"{PREFIX}alert", "Active bottleneck alerts, like Prometheus's ALERTS series.", labels=ALERT_LABELS
+    )
+    for alert in alerts:
+        rule = alert.verdict.rule
+        family.add_metric(
+            [rule.name, alert.state.value, rule.severity.value, rule.tier, alert.verdict.target], 1
+        )
+    return family
+
+
+def _signal_family(signals: list[tuple[tuple[str, str], float]]) -> Metric:
+    family = GaugeMetricFamily(
+        f"{PREFIX}signal_value",
+        "Bottleneck signals the classifier derives across tiers (read by `tierwatch rules`).",
+        labels=["signal", "target"],
+    )
+    for key, value in signals:
+        family.add_metric(key, value)
+    return family
+
+
+def _tier_family(spec: MetricSpec, entries: list[_Series]) -> Metric:
     labels = ["target", *spec.labels]
-    if spec.kind is Kind.COUNTER:
-        return CounterMetricFamily(PREFIX + spec.name, spec.help + AS_OF, labels=labels)
-    return GaugeMetricFamily(PREFIX + spec.name, spec.help + AS_OF, labels=labels)
+    kind = CounterMetricFamily if spec.kind is Kind.COUNTER else GaugeMetricFamily
+    family = kind(PREFIX + spec.name, spec.help + AS_OF, labels=labels)
+    for target, label_values, value in entries:
+        family.add_metric([target, *label_values], value)
+    return family
+
+
+class _OneFamily:
+    """A registry-shaped view of one family, so that generate_latest formats it alone."""
+
+    __slots__ = ("family",)
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> tuple[Metric]:
+        return (self.family,)
 
 
 class MetricsPage:
     def __init__(self, store: Store, specs: Mapping[str, Iterable[MetricSpec]]) -> None:
         self._store = store
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(StoreCollector(store, specs))
+        self._collector = StoreCollector(store, specs)
         self._lock = threading.Lock()
         self._cached: tuple[int, bytes] = (-1, b"")
+        # family name -> (family, its text) as of the last render; the collector yields the same
+        # family object again when its data did not change, so its text is the same too.
+        self._texts: dict[str, tuple[Metric, bytes]] = {}
 
     def render(self) -> bytes:
         with self._lock:
             version = self._store.version
             if self._cached[0] != version:
-                self._cached = (version, generate_latest(self._registry))
+                self._cached = (version, self._render())
             return self._cached[1]
+
+    def _render(self) -> bytes:
+        texts, parts = {}, []
+        for family in self._collector.collect():
+            last = self._texts.get(family.name)
+            text = last[1] if last is not None and last[0] is family else generate_latest(_OneFamily(family))  # type: ignore[arg-type]
+            texts[family.name] = (family, text)
+            parts.append(text)
+        self._texts = texts
+        return b"".join(parts)

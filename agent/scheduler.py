@@ -8,15 +8,17 @@ not handed another: one thread per target, never a pile-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.redact import REDACTOR
@@ -24,17 +26,28 @@ from agent.store import Store
 from collectors.base import Collector, CollectorError, Reason, Sample
 
 log = logging.getLogger("tierwatch.scheduler")
-MAX_CONCURRENT_JOBS = 32
 CLOSE_TIMEOUT = 2.0
 
 
-@dataclass
 class _Outcome:
-    finished: threading.Event = field(default_factory=threading.Event)
-    started: float = field(default_factory=time.monotonic)
-    sample: Sample | None = None
-    error: tuple[Reason, str] | None = None
-    duration: float = 0.0
+    """One cycle handed to a worker. ``done`` is held until the cycle ends: the job waits by
+    acquiring it, which is one C-level timed wait where an Event is a Condition and a fresh lock."""
+
+    __slots__ = ("done", "duration", "error", "finished", "sample", "started")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.finished = False
+        self.started = time.monotonic()
+        self.sample: Sample | None = None
+        self.error: tuple[Reason, str] | None = None
+        self.duration = 0.0
+
+    def end(self) -> None:
+        self.finished = True
+        with contextlib.suppress(RuntimeError):  # already ended: the worker and stop() both end one
+            self.done.release()
 
 
 class CollectorRunner:
@@ -52,7 +65,7 @@ class CollectorRunner:
 
     def run_cycle(self) -> None:
         previous = self._in_flight
-        if previous is not None and not previous.finished.is_set():
+        if previous is not None and not previous.finished:
             stuck_for = time.monotonic() - previous.started
             self._failed(Reason.TIMEOUT, f"previous cycle still running after {stuck_for:.1f} s", stuck_for)
             return
@@ -62,7 +75,7 @@ class CollectorRunner:
             self._worker = threading.Thread(target=self._work, name=name, daemon=True)
             self._worker.start()
         self._cycles.put(outcome)
-        finished = outcome.finished.wait(self._timeout)
+        finished = outcome.done.acquire(timeout=self._timeout)
         if self._stopping:
             return
         if not finished:
@@ -78,14 +91,13 @@ class CollectorRunner:
         self._stopping = True
         self._cycles.put(None)
         if self._in_flight is not None:
-            self._in_flight.finished.set()
+            self._in_flight.end()
 
     def _work(self) -> None:
         while (outcome := self._cycles.get()) is not None:
             self._collect(outcome)
 
     def _collect(self, outcome: _Outcome) -> None:
-
         try:
             outcome.sample = self.collector.collect()
         except CollectorError as error:
@@ -94,7 +106,7 @@ class CollectorRunner:
             outcome.error = (Reason.OTHER, f"{type(error).__name__}: {error}")
         finally:
             outcome.duration = time.monotonic() - outcome.started
-            outcome.finished.set()
+            outcome.end()
 
     def _succeeded(self, sample: Sample, duration: float) -> None:
         self._store.record_success(sample, duration)
@@ -113,26 +125,82 @@ class CollectorRunner:
             log.debug("collector %s/%s still failing (%s): %s", *self.key, reason.value, detail)
 
 
+class JobThreads(BaseExecutor):
+    """An APScheduler executor that runs each job on a thread of its own, started at the job's first
+    run and kept: a run is one queue hand-off to a waiting thread, without the pool's futures and
+    done-callbacks. With max_instances=1 a job never needs more than one thread, and a job whose run
+    hangs holds only its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queues: dict[str, queue.SimpleQueue[tuple[Any, list[datetime]] | None]] = {}
+        self._threads: list[threading.Thread] = []
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        # Called under the executor's lock: no two submissions race to start a job's thread.
+        runs = self._queues.get(job.id)
+        if runs is None:
+            runs = self._queues[job.id] = queue.SimpleQueue()
+            thread = threading.Thread(target=self._work, args=(runs,), name=f"job-{job.id}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        runs.put((job, run_times))
+
+    def _work(self, runs: queue.SimpleQueue[tuple[Any, list[datetime]] | None]) -> None:
+        while (run := runs.get()) is not None:
+            job, run_times = run
+            try:
+                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
+            except BaseException:
+                self._run_job_error(job.id, *sys.exc_info()[1:])
+            else:
+                self._run_job_success(job.id, events)
+
+    def shutdown(self, wait: bool = True) -> None:
+        for runs in self._queues.values():
+            runs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
 class Scheduler:
     def __init__(self, runners: Iterable[CollectorRunner], interval: float) -> None:
         self.runners = list(runners)
         self._interval = interval
-        workers = max(1, min(MAX_CONCURRENT_JOBS, len(self.runners) + 1))
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers)},
+            executors={"default": JobThreads()},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": max(1, int(interval))},
             timezone=UTC,
         )
+        self._jobs: list[tuple[Callable[[], None], str]] = []
+        self._anchor: datetime | None = None
 
     def add_job(self, function: Callable[[], None], job_id: str) -> None:
-        self._scheduler.add_job(
-            function, "interval", seconds=self._interval, id=job_id, next_run_time=datetime.now(UTC)
-        )
+        if self._anchor is None:
+            self._jobs.append((function, job_id))  # added at start(), on the common clock
+        else:
+            self._add(function, job_id, datetime.now(UTC))
 
     def start(self) -> None:
+        # Every job counts its intervals from one instant, so all are due together: the scheduler
+        # wakes once per interval for all of them instead of once per job.
+        self._anchor = datetime.now(UTC)
         for runner in self.runners:
-            self.add_job(runner.run_cycle, "collect:{}:{}".format(*runner.key))
+            self._add(runner.run_cycle, "collect:{}:{}".format(*runner.key), self._anchor)
+        for function, job_id in self._jobs:
+            self._add(function, job_id, self._anchor)
         self._scheduler.start()
+
+    def _add(self, function: Callable[[], None], job_id: str, first_run: datetime) -> None:
+        self._scheduler.add_job(
+            function,
+            "interval",
+            seconds=self._interval,
+            start_date=self._anchor,
+            id=job_id,
+            next_run_time=first_run,
+        )
 
     def stop(self) -> None:
         for runner in self.runners:

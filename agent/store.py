@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from alerts.lifecycle import Alert
@@ -77,13 +77,14 @@ class Store:
                 ring = self._rings[key] = Ring(self._window_seconds, self._capacity)
             ring.add(sample)
             self._latest[key] = sample
-            status = self._status.get(key, TargetStatus())
-            self._status[key] = replace(
-                status,
+            status = self._status.get(key) or TargetStatus()
+            # Built directly: dataclasses.replace() walks the fields by name on every cycle.
+            self._status[key] = TargetStatus(
                 up=True,
                 cycles=status.cycles + 1,
                 duration_seconds=duration,
                 last_success_timestamp=sample.timestamp,
+                errors_total=status.errors_total,
                 last_error=None,
             )
             self.version += 1
@@ -92,14 +93,14 @@ class Store:
         with self._lock:
             # A target that is down exports no tier series: stale values would read as current.
             self._latest.pop(key, None)
-            status = self._status.get(key, TargetStatus())
+            status = self._status.get(key) or TargetStatus()
             errors = dict(status.errors_total)
             errors[reason] += 1
-            self._status[key] = replace(
-                status,
+            self._status[key] = TargetStatus(
                 up=False,
                 cycles=status.cycles + 1,
                 duration_seconds=duration,
+                last_success_timestamp=status.last_success_timestamp,
                 errors_total=MappingProxyType(errors),
                 last_error=(reason, detail),
             )

@@ -1,0 +1,331 @@
+"""The agent's cheaper per-cycle and per-scrape paths answer exactly as the general ones did.
+
+- HTTP: requests are parsed without the email package and a response is written at once; every
+  answer, to well-formed and malformed requests alike, equals the standard library's.
+- /metrics: a family is built and formatted again only when its data changed; the page always
+  equals prometheus_client's rendering of freshly built families.
+- Scheduling: jobs run on a thread each, on one common clock; the scheduler still catches.
+- Store: a status update keeps what it does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agent.exporter import MetricsPage, StoreCollector
+from agent.http import AgentServer, _Handler
+from agent.scheduler import CollectorRunner, Scheduler
+from agent.store import Store
+from alerts.classifier import Verdict
+from alerts.lifecycle import Alert, State
+from alerts.table import RULES
+from collectors.base import Collector, Kind, MetricSpec, Reason, Sample
+
+SPECS = (
+    MetricSpec("test_load_ratio", Kind.GAUGE, "Load."),
+    MetricSpec("test_requests_total", Kind.COUNTER, "Requests.", ("route",)),
+    MetricSpec("test_disk_busy_ratio", Kind.GAUGE, "Busy.", ("device",)),
+)
+
+
+class Scripted(Collector):
+    """Returns the values it is given, so a test decides what changes between cycles."""
+
+    name = "scripted"
+    tier = "host"
+    metrics = SPECS
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.values: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def collect(self) -> Sample:
+        out = self.builder()
+        for (name, labels), value in self.values.items():
+            out.set(name, value, *labels)
+        return out.build(self.name, self.target, time.time())
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+class _StandardHandler(_Handler):
+    """The same endpoints as the standard library answers them: its request parsing and its
+    header writing, headers and body apart."""
+
+    parse_request = BaseHTTPRequestHandler.parse_request
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[int, int]]:
+    """(ours, the standard library's) over one store and page."""
+    store = Store()
+    collector = Scripted("a")
+    collector.values = {("test_load_ratio", ()): 0.5}
+    store.register(collector.name, collector.target)
+    store.record_success(collector.collect(), 0.01)
+    page = MetricsPage(store, {collector.name: collector.metrics})
+    ours = AgentServer(("127.0.0.1", 0), page, store)
+    standard = AgentServer(("127.0.0.1", 0), page, store)
+    standard.RequestHandlerClass = _StandardHandler
+    for server in (ours, standard):
+        server.start()
+    yield ours.server_address[1], standard.server_address[1]
+    for server in (ours, standard):
+        server.stop()
+
+
+def exchange(port: int, raw: bytes) -> bytes:
+    """Sends raw bytes, then reads until the server closes; the Date header is blanked out."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(raw)
+        connection.shutdown(socket.SHUT_WR)
+        received = []
+        while chunk := connection.recv(65536):
+            received.append(chunk)
+    return re.sub(rb"Date: [^\r\n]*", b"Date: -", b"".join(received))
+
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+REQUESTS = {
+    "kept-alive scrapes": b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n" * 2,
+    "every endpoint": b"".join(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        for path in ("/metrics?x=1", "/healthz", "/readyz", "/api/v1/alerts", "/nope", "//api/v1/alerts")
+    ),
+    "close": b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n" + GET,
+    "close with a blank after it is not close": b"GET /healthz HTTP/1.1\r\nConnection: close \r\n\r\n" + GET,
+    "HTTP/1.0 closes": b"GET /healthz HTTP/1.0\r\n\r\n" + GET,
+    "HTTP/1.0 keep-alive": b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n" + GET,
+    "bare newlines": b"GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n",
+    "HTTP/0.9": b"GET /healthz\r\n",
+    "HTTP/0.9 not GET": b"POST /healthz\r\n",
+    "HTTP/2": b"GET /healthz HTTP/2.0\r\n\r\n",
+    "bad version": b"GET /healthz HTTP/1.x\r\n\r\n",
+    "superscript version": b"GET /healthz HTTP/1.\xb2\r\n\r\n",
+    "four words": b"GET /healthz HTTP/1.1 more\r\n\r\n",
+    "one word": b"GET\r\n\r\n",
+    "empty line": b"\r\n",
+    "unsupported method": b"HEAD /metrics HTTP/1.1\r\n\r\n",
+    "expect 100-continue": b"GET /healthz HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    "folded header": b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n  2\r\nConnection: close\r\n\r\n" + GET,
+    "no colon ends the headers": b"GET /healthz HTTP/1.1\r\nbogus\r\nConnection: close\r\n\r\n" + GET,
+    "nameless field": b"GET /healthz HTTP/1.1\r\n: x\r\nConnection: close\r\n\r\n" + GET,
+    "latin-1 value": b"GET /healthz HTTP/1.1\r\nX-Name: \xe9t\xe9\r\nConnection: close\r\n\r\n",
+    "lone carriage return": b"GET /healthz HTTP/1.1\r\nX-A: 1\rConnection: close\r\n\r\n" + GET,
+    "headers cut short": b"GET /healthz HTTP/1.1\r\nHost: x",
+    "99 fields": b"GET /healthz HTTP/1.1\r\n" + b"X-A: 1\r\n" * 99 + b"\r\n",
+    "100 fields": b"GET /healthz HTTP/1.1\r\n" + b"X-A: 1\r\n" * 100 + b"\r\n",
+    "longest line": b"GET /healthz HTTP/1.1\r\nX-A: " + b"a" * (65536 - 7) + b"\r\n\r\n",
+    "line too long": b"GET /healthz HTTP/1.1\r\nX-A: " + b"a" * (65536 - 6) + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", REQUESTS.values(), ids=REQUESTS.keys())
+def test_answers_equal_the_standard_librarys(servers: tuple[int, int], raw: bytes) -> None:
+    ours, standard = servers
+    expected = exchange(standard, raw)
+    assert exchange(ours, raw) == expected
+
+
+def test_one_write_per_response(servers: tuple[int, int]) -> None:
+    # Headers and body arrive together: the first read of a small response holds all of it.
+    ours, _ = servers
+    with socket.create_connection(("127.0.0.1", ours), timeout=10) as connection:
+        connection.sendall(GET)
+        first = connection.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert first.endswith(b"\r\n\r\nok\n")
+
+
+def test_stop_ends_the_serving_thread() -> None:
+    store = Store()
+    server = AgentServer(("127.0.0.1", 0), MetricsPage(store, {}), store)
+    server.start()
+    port = server.server_address[1]
+    assert exchange(port, GET).endswith(b"ok\n")
+    serving = server._thread
+    server.stop()
+    assert serving is not None
+    assert not serving.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# --- /metrics ------------------------------------------------------------------------------------
+
+
+def fresh_render(store: Store, specs: dict[str, tuple[MetricSpec, ...]]) -> bytes:
+    """What prometheus_client renders from families all built anew."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, specs))
+    return generate_latest(registry)
+
+
+def firing(rule_index: int, target: str) -> Alert:
+    rule = RULES[rule_index]
+    verdict = Verdict(rule, next(iter(rule.when)), target, True, {}, "summary")
+    return Alert(verdict, State.FIRING, 1.0, 2.0, fired_at=2.0)
+
+
+def test_page_equals_a_fresh_render_as_data_changes() -> None:
+    store = Store()
+    a, b = Scripted("a"), Scripted("b")
+    specs = {Scripted.name: SPECS}
+    for collector in (a, b):
+        store.register(collector.name, collector.target)
+    page = MetricsPage(store, specs)
+    steps = [
+        lambda: None,
+        lambda: a.values.update({("test_load_ratio", ()): 0.5, ("test_requests_total", ("/x",)): 1}),
+        lambda: b.values.update({("test_load_ratio", ()): 0.25}),
+        lambda: None,  # nothing changes but the timestamps
+        lambda: a.values.update({("test_requests_total", ("/x",)): 2}),
+        lambda: a.values.update({("test_requests_total", ("/y",)): 1}),  # a new label value
+        lambda: a.values.update({("test_disk_busy_ratio", ("sda",)): 0.1}),  # a new family
+        lambda: a.values.pop(("test_disk_busy_ratio", ("sda",))),  # and gone again
+        lambda: store.set_alerts((firing(0, "a"),), {("signal", "a"): 1.0}),
+        lambda: store.set_alerts((firing(0, "a"), firing(1, "b")), {("signal", "a"): 2.0}),
+        lambda: store.record_failure(("scripted", "b"), Reason.TIMEOUT, "no answer", 0.8),
+        lambda: store.record_failure(("scripted", "b"), Reason.TIMEOUT, "still running", 1.8),
+        lambda: store.set_alerts((), {}),
+    ]
+    for number, step in enumerate(steps):
+        step()
+        for collector in (a, b):
+            if number < 10 or collector is a:  # b is down from step 10 on
+                store.record_success(collector.collect(), 0.001 * number)
+        assert page.render() == fresh_render(store, specs), f"step {number}"
+        assert page.render() == fresh_render(store, specs), f"step {number}, rendered again"
+
+
+def test_unchanged_family_is_neither_built_nor_formatted_again() -> None:
+    store = Store()
+    collector = Scripted("a")
+    collector.values = {("test_load_ratio", ()): 0.5, ("test_requests_total", ("/x",)): 1}
+    store.register(collector.name, collector.target)
+    store.record_success(collector.collect(), 0.01)
+    stores_collector = StoreCollector(store, {Scripted.name: SPECS})
+    first = {family.name: family for family in stores_collector.collect()}
+    collector.values[("test_requests_total", ("/x",))] = 2
+    store.record_success(collector.collect(), 0.01)
+    second = {family.name: family for family in stores_collector.collect()}
+    assert second["tierwatch_test_load_ratio"] is first["tierwatch_test_load_ratio"]
+    assert second["tierwatch_collector_up"] is first["tierwatch_collector_up"]
+    assert second["tierwatch_test_requests"] is not first["tierwatch_test_requests"]
+    assert (
+        second["tierwatch_collector_last_success_timestamp_seconds"]
+        is not (first["tierwatch_collector_last_success_timestamp_seconds"])
+    )
+
+
+# --- scheduling ----------------------------------------------------------------------------------
+
+
+def test_jobs_have_a_thread_each_and_one_clock(caplog: pytest.LogCaptureFixture) -> None:
+    store = Store()
+    runners = [CollectorRunner(Scripted(target), store, timeout=5.0) for target in ("a", "b")]
+    threads: dict[str, set[str]] = {"counting": set(), "raising": set()}
+    runs = {"counting": 0, "raising": 0}
+
+    def counting() -> None:
+        threads["counting"].add(threading.current_thread().name)
+        runs["counting"] += 1
+
+    def raising() -> None:
+        threads["raising"].add(threading.current_thread().name)
+        runs["raising"] += 1
+        raise RuntimeError("a bug in a job")
+
+    scheduler = Scheduler(runners, 0.1)
+    scheduler.add_job(counting, "counting")
+    scheduler.add_job(raising, "raising")
+    with caplog.at_level(logging.ERROR, logger="apscheduler"):
+        scheduler.start()
+        jobs = scheduler._scheduler.get_jobs()
+        assert len(jobs) == 4
+        assert len({job.next_run_time for job in jobs}) == 1  # all due together
+        assert len({job.trigger.start_date for job in jobs}) == 1
+        deadline = time.monotonic() + 10
+        while min(runs.values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        late: list[str] = []
+        scheduler.add_job(lambda: late.append(threading.current_thread().name), "late")  # after start
+        while not late and time.monotonic() < deadline:
+            time.sleep(0.05)
+        names = {thread.name for thread in threading.enumerate()}
+        scheduler.stop()
+    assert {"job-collect:scripted:a", "job-collect:scripted:b"} <= names
+    assert all(store.statuses()[("scripted", target)].cycles >= 3 for target in ("a", "b"))
+    assert min(runs.values()) >= 3  # a job that raises keeps its schedule
+    assert threads == {"counting": {"job-counting"}, "raising": {"job-raising"}}
+    assert late == ["job-late"]
+    assert any("a bug in a job" in str(record.exc_info) for record in caplog.records)
+
+
+def test_anchor_is_the_start_not_the_construction() -> None:
+    # A pipeline may be built well before it starts (reload); its first cycles are not "missed".
+    scheduler = Scheduler([], 60.0)
+    scheduler.add_job(lambda: None, "early")
+    time.sleep(0.05)
+    before = datetime.now(UTC)
+    scheduler.start()
+    try:
+        (job,) = scheduler._scheduler.get_jobs()
+        assert job.trigger.start_date >= before
+    finally:
+        scheduler.stop()
+
+
+def test_cycle_result_is_recorded_by_the_job() -> None:
+    store = Store()
+    collector = Scripted("a")
+    collector.values = {("test_load_ratio", ()): 0.5}
+    runner = CollectorRunner(collector, store, timeout=5.0)
+    runner.run_cycle()
+    runner.run_cycle()
+    status = store.statuses()[("scripted", "a")]
+    assert status.up
+    assert status.cycles == 2
+    runner.stop()
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+
+def test_status_updates_keep_what_they_do_not_change() -> None:
+    store = Store()
+    collector = Scripted("a")
+    store.register(collector.name, collector.target)
+    sample = collector.collect()
+    store.record_success(sample, 0.1)
+    store.record_failure(("scripted", "a"), Reason.AUTH, "denied", 0.2)
+    failed = store.statuses()[("scripted", "a")]
+    assert failed.last_success_timestamp == sample.timestamp  # a failure keeps the last success
+    assert failed.errors_total[Reason.AUTH] == 1
+    assert failed.last_error == (Reason.AUTH, "denied")
+    assert not failed.up
+    store.record_success(collector.collect(), 0.3)
+    recovered = store.statuses()[("scripted", "a")]
+    assert recovered.errors_total[Reason.AUTH] == 1  # a success keeps the error counts
+    assert recovered.last_error is None
+    assert recovered.up
+    assert recovered.cycles == 3
+    assert recovered.duration_seconds == 0.3
