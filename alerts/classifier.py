@@ -29,6 +29,7 @@ class Verdict:
     remediation: str = ""
     details: Mapping[str, object] = field(default_factory=dict)  # the target's evidence beyond numbers
     missing: tuple[str, ...] = ()
+    target_down: bool = False  # judged on an empty window: stands for the target's split subjects too
     because: tuple[str, ...] = ()  # the signals whose comparisons held
     root_causes: tuple[str, ...] = field(default=())
 
@@ -87,6 +88,7 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
                             summary=_summary(rule, collector, subject, evidence, signals),
                             remediation=_remediation(rule, values),
                             details=window[-1].details if window else {},
+                            target_down=not window,
                             missing=tuple(name for name in condition.signals() if name not in values),
                             because=tuple(dict.fromkeys(condition.held(values, rule.thresholds)))
                             if truth

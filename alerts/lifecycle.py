@@ -46,11 +46,18 @@ class AlertTracker:
         # A firing alert whose signals went missing (the target stopped answering, perhaps because of
         # the very condition) is held, not resolved: losing sight of a problem does not end it.
         unknown = {verdict.key for verdict in verdicts if verdict.truth is None}
+        # A target that is down has no split label values, so it is judged once as a whole; that
+        # unknown verdict stands for each of its subjects (each HPA of a namespace, say).
+        down = {
+            (v.rule.name, v.collector, f"{v.target}/") for v in verdicts if v.truth is None and v.target_down
+        }
+        judged = {verdict.key for verdict in verdicts}
         resolved = []
         for key, alert in list(self._active.items()):
             if key in holding:
                 continue
-            if key in unknown and alert.state is State.FIRING:
+            lost_sight = key in unknown or (key not in judged and _within_down_target(key, down))
+            if lost_sight and alert.state is State.FIRING:
                 self._active[key] = replace(alert, last_held=now)
                 continue
 
@@ -68,3 +75,11 @@ class AlertTracker:
                 alert = replace(alert, state=State.FIRING, fired_at=now)
             self._active[key] = alert
         return sorted(self._active.values(), key=lambda a: a.key), resolved
+
+
+def _within_down_target(key: AlertKey, down: set[AlertKey]) -> bool:
+    rule, collector, subject = key
+    return any(
+        rule == down_rule and collector == down_collector and subject.startswith(prefix)
+        for down_rule, down_collector, prefix in down
+    )

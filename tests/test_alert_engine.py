@@ -78,6 +78,7 @@ def test_throttled_container(tmp_path: Path) -> None:
 def test_down_target_is_unknown() -> None:
     verdicts = classify({("host", "node-a"): ()}, RULES, SIGNALS)
     assert {v.truth for v in verdicts} == {None}
+    assert {v.target_down for v in verdicts} == {True}
 
 
 def lifecycle_run(truths: list[bool], for_seconds: float = 20, keep: float = 10) -> list[list[State]]:
@@ -163,3 +164,24 @@ def test_a_cycle_landing_just_short_of_for_still_fires() -> None:
     tracker.update([verdict], now=100.0)
     active, _ = tracker.update([verdict], now=109.995)  # two 5 s cycles, the second 5 ms early
     assert [alert.state for alert in active] == [State.FIRING]
+
+
+def test_split_alerts_are_held_while_their_target_is_down() -> None:
+    """Each HPA of a namespace is its own alert; while the namespace cannot be read there are no HPA
+    names to judge, and the one unknown verdict on the namespace holds them all, but only them."""
+    rule = RULES[0].with_overrides(True, 0, {}, keep_firing_seconds=5)
+    tracker = AlertTracker()
+    firing = [Verdict(rule, "kubernetes", f"shop/{hpa}", True, {}, "s") for hpa in ("web", "api")]
+    elsewhere = Verdict(rule, "kubernetes", "shop/admin", True, {}, "s")  # a target of its own
+    tracker.update([*firing, elsewhere], now=0.0)
+    down = Verdict(rule, "kubernetes", "shop", None, {}, "s", target_down=True)
+    quiet = Verdict(rule, "kubernetes", "shop/admin", False, {}, "s")
+    for now in (5.0, 10.0, 15.0):
+        active, resolved = tracker.update([down, quiet], now=now)
+    assert [alert.key[2] for alert in active] == ["shop/api", "shop/web"]
+    assert [alert.key[2] for alert in resolved] == []
+    # the namespace read again without the "api" HPA: keep_firing (5 s) counts from its last hold
+    back = Verdict(rule, "kubernetes", "shop/web", True, {}, "s")
+    active, resolved = tracker.update([back, quiet], now=20.0)
+    assert [alert.key[2] for alert in active] == ["shop/web"]
+    assert [alert.key[2] for alert in resolved] == ["shop/api"]
