@@ -66,15 +66,16 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
     }
     _add_derived(global_values, [s for s in signals.values() if s.scope is Scope.GLOBAL])
 
+    by_collector: dict[str, list[tuple[str, Window]]] = {}
+    for (source, target), window in sorted(windows.items()):
+        by_collector.setdefault(source, []).append((target, window))
     verdicts = []
     for rule in rules:
         if not rule.enabled:
             continue
-        needed = _with_inputs(rule.signal_names(), signals)
+        needed, judged_on = _plan(rule, signals)
         for collector, condition in rule.when.items():
-            for (source, target), window in sorted(windows.items()):
-                if source != collector:
-                    continue
+            for target, window in by_collector.get(collector, ()):
                 for subject, values in _subjects(target, window, collector, needed, global_values):
                     evidence = {s.name: values[s.name] for s in needed if s.name in values}
                     truth = condition.evaluate(values, rule.thresholds)
@@ -89,7 +90,7 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
                             remediation=_remediation(rule, values),
                             details=window[-1].details if window else {},
                             target_down=not window,
-                            missing=tuple(name for name in condition.signals() if name not in values),
+                            missing=tuple(name for name in judged_on[collector] if name not in values),
                             because=tuple(dict.fromkeys(condition.held(values, rule.thresholds)))
                             if truth
                             else (),
@@ -128,6 +129,27 @@ def _remediation(rule: Rule, values: Mapping[str, float]) -> str:
     return rule.remediation
 
 
+# What classify works out once per rule object: the rule table is fixed until a reload builds new
+# rule objects, and walking the condition trees anew on every cycle costs more than judging them.
+# Entries hold the rule and registry they were made for, so a recycled id() never matches.
+_PLANS: dict[tuple[int, int], tuple[Rule, Registry, list[Signal], dict[str, tuple[str, ...]]]] = {}
+MAX_PLANS = 512
+
+
+def _plan(rule: Rule, signals: Registry) -> tuple[list[Signal], dict[str, tuple[str, ...]]]:
+    """The signals a rule needs (inputs first) and, per collector, the signals its condition reads."""
+    key = (id(rule), id(signals))
+    cached = _PLANS.get(key)
+    if cached is not None and cached[0] is rule and cached[1] is signals:
+        return cached[2], cached[3]
+    if len(_PLANS) >= MAX_PLANS:  # reloads leave old rule objects behind
+        _PLANS.clear()
+    needed = _with_inputs(rule.signal_names(), signals)
+    judged_on = {collector: tuple(condition.signals()) for collector, condition in rule.when.items()}
+    _PLANS[key] = (rule, signals, needed, judged_on)
+    return needed, judged_on
+
+
 def _with_inputs(names: list[str], signals: Registry) -> list[Signal]:
     """The signals a rule names plus, before each derived one, the signals it is computed from."""
     ordered: dict[str, Signal] = {}
@@ -153,6 +175,8 @@ def _add_derived(values: dict[str, float], signals: list[Signal]) -> None:
 def _name_root_causes(verdicts: list[Verdict]) -> list[Verdict]:
 
     causes = [v for v in verdicts if v.truth and v.rule.root_cause]
+    if not causes:
+        return verdicts
     return [replace(verdict, root_causes=_causes_elsewhere(verdict, causes)) for verdict in verdicts]
 
 
