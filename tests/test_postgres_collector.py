@@ -303,6 +303,43 @@ def test_scan_and_cache_ratios_cover_the_last_cycle(
     assert sample.get("postgres_sequential_scan_ratio", "postgres") is None
 
 
+def test_targets_of_one_server_report_each_database_once(
+    postgres_server: PostgresServer, stats_database: str
+) -> None:
+    """A target per database: each reports its own database's counters, the first also those of the
+    databases no target names, and every one the server-wide connections. (Two roles, so that the
+    module's one-session-per-role check holds.)"""
+    entries = [
+        {
+            "name": name,
+            "dsn": postgres_server.dsn(user, dbname),
+            "password": postgres_server.passwords[user],
+        }
+        for name, user, dbname in (
+            ("main", MONITOR_ROLE, "postgres"),
+            ("stats", UNPRIVILEGED_ROLE, stats_database),
+        )
+    ]
+    config = Config(interval=2, postgres=entries)
+    collectors = [build(config, entry) for entry in config.postgres]
+    try:
+        main, stats = (collector.collect() for collector in collectors)
+    finally:
+        for collector in collectors:
+            collector.close()
+        postgres_server.wait_for_no_monitor_connections()
+
+    def databases(sample: Sample) -> set[str]:
+        return {labels[0] for labels in sample.series("postgres_commits_total")}
+
+    assert {"postgres", "template1"} <= databases(main)
+    assert stats_database not in databases(main)
+    assert databases(stats) == {stats_database}
+    for sample in (main, stats):
+        assert sample.get("postgres_max_connections") == MAX_CONNECTIONS
+        assert sample.get("postgres_connections", "idle") is not None
+
+
 def test_top_statements_are_evidence_not_labels(make: MakeCollector, postgres_server: PostgresServer) -> None:
     app_password = postgres_server.passwords[APP_ROLE]
     with postgres_server.connect() as admin:

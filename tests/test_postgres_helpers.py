@@ -7,10 +7,10 @@ import pytest
 
 from agent.config import ConfigError
 from agent.config.model import Config
-from collectors.postgres import build, local_vcpus
+from collectors.postgres import build, database_share, local_vcpus
 from collectors.postgres.bounded import OTHER, fold, largest, top_n
-from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn
-from collectors.postgres.queries import shorten, state_label
+from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn, server
+from collectors.postgres.queries import EVERY_DATABASE, DatabaseShare, shorten, state_label
 from collectors.postgres.session import Backoff
 
 
@@ -73,6 +73,48 @@ def test_vcpus_come_from_config_or_the_local_host(monkeypatch: pytest.MonkeyPatc
 def test_endpoint_names_no_secret() -> None:
     params = parse_dsn("postgresql://monitor:s3cret-pw@db.internal:6432/orders?sslmode=require")
     assert endpoint(params) == "db.internal:6432/orders as monitor"
+
+
+def shares(*dsns: str) -> list[DatabaseShare]:
+    config = Config(postgres=[{"name": f"t{i}", "dsn": dsn} for i, dsn in enumerate(dsns)])
+    return [
+        database_share(config, entry, parse_dsn(entry.dsn.get_secret_value())) for entry in config.postgres
+    ]
+
+
+def test_a_target_alone_on_its_server_reports_every_database() -> None:
+    assert shares("host=db dbname=orders") == [EVERY_DATABASE]
+    assert (
+        shares("host=db dbname=a", "host=db port=5433 dbname=b", "host=other dbname=c")
+        == [EVERY_DATABASE] * 3
+    )
+
+
+def test_targets_of_one_server_split_its_databases() -> None:
+    first, second, third, elsewhere = shares(
+        "host=db dbname=postgres",
+        "postgresql://db:5432/orders",
+        "host=db port=5432 dbname=billing user=other",
+        "host=db2 dbname=orders",
+    )
+    assert first == DatabaseShare(others=True, elsewhere=("billing", "orders"))
+    assert second == third == DatabaseShare(others=False)
+    assert elsewhere == EVERY_DATABASE
+
+
+def test_a_sibling_without_a_database_name_is_not_left_out() -> None:
+    """libpq's default database is not known here: the first target keeps reporting it (a database
+    reported twice beats one reported by nobody)."""
+    first, _, _ = shares("host=db dbname=postgres", "host=db user=app", "host=db dbname=postgres user=x")
+    assert first == EVERY_DATABASE
+
+
+def test_server_is_hosts_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPORT", raising=False)
+    monkeypatch.delenv("PGHOST", raising=False)
+    assert server(parse_dsn("host=a,b port=6432")) == (("a", "b"), "6432")
+    assert server(parse_dsn("postgresql://db/x")) == server(parse_dsn("host=db port=5432 dbname=y"))
+    assert server(parse_dsn("dbname=x")) == (("",), "5432")
 
 
 def test_a_bad_dsn_is_a_config_error_that_does_not_echo_it() -> None:

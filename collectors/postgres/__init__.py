@@ -20,7 +20,7 @@ from collectors.base import Collector, Sample, SampleBuilder
 from collectors.deltas import Deltas
 from collectors.postgres import queries
 from collectors.postgres.bounded import top_n
-from collectors.postgres.dsn import endpoint, entry_connector, is_local
+from collectors.postgres.dsn import endpoint, entry_connector, is_local, parse_dsn, server
 from collectors.postgres.metrics import POSTGRES_METRICS, POSTGRES_READINGS
 from collectors.postgres.sampler import LoadSampler
 from collectors.postgres.session import Connect, Session
@@ -61,12 +61,14 @@ class PostgresCollector(Collector):
         wait: float,
         sample_period: float | None = SAMPLE_PERIOD_SECONDS,
         top_queries_every: float = TOP_QUERIES_EVERY_SECONDS,
+        databases: queries.DatabaseShare = queries.EVERY_DATABASE,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
         super().__init__(target)
         self._where = where
         self._vcpus = vcpus
+        self._databases_share = databases
         self._session = Session(connect, where, wait=wait, on_connect=self._on_connect, clock=clock)
         self._sampler = LoadSampler(self._session, sample_period)
         self._deltas = Deltas()
@@ -90,7 +92,7 @@ class PostgresCollector(Collector):
         self._sampler.start(self.target)
         with self._session.cycle() as connection:
             activity = queries.read_activity(connection)
-            databases = queries.read_databases(connection)
+            databases = queries.read_databases(connection, self._databases_share)
             replication = queries.read_replication(connection)
             load = self._sampler.average(connection)
             self._refresh_top_queries(connection)
@@ -202,6 +204,27 @@ def local_vcpus(params: Mapping[str, str], configured: int | None) -> int | None
     return os.cpu_count() if is_local(params) else None
 
 
+def database_share(config: Config, entry: PostgresTarget, params: Mapping[str, str]) -> queries.DatabaseShare:
+    """What ``entry`` reports of its server's pg_stat_database, given the other targets configured on the
+    same server: its own database, and, for the first of them, also every database that none of the
+    others names in its DSN. Each database is then read and exported once per server, not once per
+    target; the server-wide facts (connections, load, waits, replication) stay with every target."""
+    siblings: list[tuple[PostgresTarget, Mapping[str, str]]] = []
+    for other in config.postgres:
+        try:
+            other_params = parse_dsn(other.dsn.get_secret_value())
+        except ValueError:
+            continue  # its own build reports it
+        if server(other_params) == server(params):
+            siblings.append((other, other_params))
+    if siblings and siblings[0][0].name != entry.name:
+        return queries.DatabaseShare(others=False)
+    own = params.get("dbname")
+    # A DSN without dbname gets libpq's default: that target reports it, and so may the first one.
+    named = {other_params.get("dbname") for _, other_params in siblings[1:]}
+    return queries.DatabaseShare(elsewhere=tuple(sorted(name for name in named if name and name != own)))
+
+
 def build(config: Config, entry: PostgresTarget) -> PostgresCollector:
     timeout = config.cycle_timeout
     connect, params = entry_connector("postgres", entry, timeout)
@@ -213,4 +236,5 @@ def build(config: Config, entry: PostgresTarget) -> PostgresCollector:
         wait=timeout / 4,
         # A cycle every second or faster samples the load itself; a thread would only repeat it.
         sample_period=SAMPLE_PERIOD_SECONDS if config.interval > SAMPLE_PERIOD_SECONDS else None,
+        databases=database_share(config, entry, params),
     )

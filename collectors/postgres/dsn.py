@@ -36,6 +36,12 @@ def endpoint(params: Mapping[str, str]) -> str:
     return f"{host}:{port}/{params.get('dbname') or 'default'} as {params.get('user') or 'default'}"
 
 
+def server(params: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """The server the DSN points at, as (hosts, port): two DSNs with the same one reach the same cluster
+    (spelled alike; ``localhost`` and ``127.0.0.1`` count as two)."""
+    return tuple(_hosts(params)), str(params.get("port") or os.environ.get("PGPORT") or 5432)
+
+
 def is_local(params: Mapping[str, str]) -> bool:
     """True when every host of the DSN is this machine: loopback, a socket directory, or the default."""
     return all(host in LOCAL_HOSTS or host.startswith(("/", "@")) for host in _hosts(params))

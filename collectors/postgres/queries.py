@@ -2,7 +2,8 @@
 
 A cycle costs four round trips (activity, databases, replication, one load sample at most) plus the
 top statements every so often. Each statement reads pg_stat_activity and friends once and aggregates
-on the server, so a server with thousands of sessions returns a few dozen rows.
+on the server, so a server with thousands of sessions returns a few dozen rows. pg_stat_database is
+read for the target's share of the server's databases only (DatabaseShare).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ FROM waits, LATERAL (VALUES
 ) AS age(key, value)
 """
 
-# pg_stat_user_tables covers only the database of the connection.
+# pg_stat_user_tables covers only the database of the connection. The rows are those of the target's
+# share (DatabaseShare); the filter reaches into the view: no counter of a database left out is read.
 DATABASES_SQL = """
 SELECT d.datname, d.xact_commit, d.xact_rollback, d.deadlocks, d.temp_bytes, d.blks_hit, d.blks_read,
        s.seq_scans, s.index_scans
@@ -73,6 +75,8 @@ LEFT JOIN (
     FROM pg_stat_user_tables
 ) AS s USING (datname)
 WHERE d.datname IS NOT NULL
+  AND (d.datname = current_database()
+       OR (%(others)s AND d.datname::text <> ALL (%(elsewhere)s::text[])))
 """
 
 # A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction.
@@ -138,6 +142,23 @@ class DatabaseStats:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseShare:
+    """The databases whose pg_stat_database counters a target reports: always its own; the others
+    (``others``) except those another target of the same server reports (``elsewhere``).
+
+    A target alone on its server reports every database. Targets that share a server split them, so
+    that each database is reported once, not once per target: with a target per database, N targets
+    would otherwise read and export N x N rows a cycle.
+    """
+
+    others: bool = True
+    elsewhere: tuple[str, ...] = ()
+
+
+EVERY_DATABASE = DatabaseShare()
+
+
+@dataclass(frozen=True, slots=True)
 class Replication:
     in_recovery: bool
     replay_delay: float | None = None  # on a standby
@@ -199,9 +220,12 @@ def read_activity(connection: psycopg.Connection) -> Activity:
     return Activity(groups["state"], groups["application"], groups["client"], groups["wait"])
 
 
-def read_databases(connection: psycopg.Connection) -> list[DatabaseStats]:
+def read_databases(
+    connection: psycopg.Connection, share: DatabaseShare = EVERY_DATABASE
+) -> list[DatabaseStats]:
     stats = []
-    for name, *counters, seq_scans, index_scans in connection.execute(DATABASES_SQL):
+    rows = connection.execute(DATABASES_SQL, {"others": share.others, "elsewhere": list(share.elsewhere)})
+    for name, *counters, seq_scans, index_scans in rows:
         where = f"pg_stat_database of {name}"
         scans = (None if value is None else number(value, where) for value in (seq_scans, index_scans))
         stats.append(DatabaseStats(name, *(number(value, where) for value in counters), *scans))
