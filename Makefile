@@ -15,8 +15,10 @@ $(VENV)/.test-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# MALLOC_ARENA_MAX=2 as the Dockerfile and the Helm chart set it: glibc's default of an arena per
+# allocating thread (up to 8 per CPU) lets the agent's RSS creep (benchmarks/soak.py).
 run: $(VENV)/.installed
-	$(VENV)/bin/tierwatch run $(ARGS)
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/tierwatch run $(ARGS)
 
 system-packages:
 	.ci/install-system-packages
@@ -40,6 +42,8 @@ bench: system-packages $(VENV)/.test-installed
 	$(PY) benchmarks/overhead.py postgres
 	$(PY) benchmarks/overhead.py redis
 	$(PY) benchmarks/detection.py --scenario both
+	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -30,7 +29,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import psycopg
 from detection_stack import (
@@ -41,6 +39,7 @@ from detection_stack import (
     StampedNotifications,
     alertmanager,
     common_setup,
+    run_benchmark,
     tierwatch,
 )
 
@@ -54,7 +53,6 @@ from tests.fixtures.postgres_server import (
 )
 from tests.support import free_port
 
-EXIT_OK, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 2, 130
 TARGET_SECONDS = 60.0
 DEFAULT_TIMEOUT = 240.0  # Prometheus needs its 2 min `for` plus up to a scrape and an evaluation
 SETTLE_SECONDS = 10.0
@@ -328,10 +326,6 @@ def _details(result: Result) -> None:
         )
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=["db-bound", "connections", "both"], default="both")
@@ -344,21 +338,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = list(SCENARIOS) if args.scenario == "both" else [args.scenario]
-    signal.signal(signal.SIGTERM, _interrupt)
-    results = []
-    try:
+
+    def run() -> list[Result]:
+        results = []
         for index, name in enumerate(names):
             if index:
                 time.sleep(SETTLE_SECONDS)  # the previous scenario's processes just exited
             results.append(run_scenario(SCENARIOS[name], args.timeout))
-    except (BenchmarkError, psycopg.Error, RuntimeError, OSError) as error:
-        print(f"cannot run: {error}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    report(results)
-    return EXIT_OK
+        return results
+
+    return run_benchmark(run, report, (psycopg.Error,))
 
 
 if __name__ == "__main__":

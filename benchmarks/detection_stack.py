@@ -2,6 +2,10 @@
 the common setup (postgres_exporter, Prometheus with the community rule), each sending to a private
 Alertmanager whose webhook notifications are time-stamped as they arrive.
 
+What the other benchmarks share lives here too (fleet.py builds on it): ``BenchmarkError``, ``Service``
+for a child process, the agent's environment as deployments give it, and ``run_benchmark`` for the
+exit codes and the handling of Ctrl-C and SIGTERM.
+
 The PostgreSQL and Alertmanager classes of the test fixtures are reused as they are; they only need
 pytest to be importable, which `make bench` installs with the test extras.
 """
@@ -13,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -21,10 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from types import FrameType
+from typing import IO, Any, TypeVar
 
 import yaml
 
+from tests.fixtures import alertmanager_server as fixture
 from tests.fixtures.alertmanager_server import Alertmanager, Webhook
 from tests.support import free_port, http_get, parse_metrics, value
 
@@ -33,6 +38,11 @@ PROMETHEUS = "/usr/bin/prometheus"
 EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 TARGET = "bench"  # tierwatch's name for the database, its alerts' `target` label
+EXIT_OK, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 2, 130
+# What every deployment of the agent sets (the Dockerfile's ENV, each container of the Helm chart, `make
+# run`): glibc gives each thread that allocates an arena of its own, up to 8 per CPU, and the agent's
+# threads then let RSS creep for minutes; two arenas keep it flat (benchmarks/soak.py).
+DEPLOYED_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # The common setup users run today, as the issue describes it.
@@ -52,8 +62,43 @@ COMMUNITY_RULE = {
 }
 
 
+Result = TypeVar("Result")
+
+
 class BenchmarkError(Exception):
     """Something the benchmark needs could not be started or read."""
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def run_benchmark(
+    run: Callable[[], Result],
+    report: Callable[[Result], None],
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """``report(run())`` and the benchmark's exit status: 0 whatever the verdict; 2 when something could
+    not run (a BenchmarkError, RuntimeError, OSError or one of ``errors``); 130 on Ctrl-C or SIGTERM,
+    which unwind ``run`` so that everything it started is stopped."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run()
+    except (BenchmarkError, RuntimeError, OSError, *errors) as error:
+        print(f"cannot run: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    report(result)
+    return EXIT_OK
+
+
+def agent_environment() -> dict[str, str]:
+    """This process's environment as a deployment hands it to ``tierwatch run``: DEPLOYED_ENVIRONMENT
+    set, and no TIERWATCH_* variable, which would override the config the benchmark is about."""
+    inherited = {key: val for key, val in os.environ.items() if not key.startswith("TIERWATCH_")}
+    return {**inherited, **DEPLOYED_ENVIRONMENT}
 
 
 def require(path: str | Path, package: str) -> str:
@@ -87,6 +132,11 @@ class Service:
         self.log_path = workdir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, f"{self.name} has not been started"
+        return self._process.pid
 
     def start(self, ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> Service:
         self._log = self.log_path.open("wb")
@@ -137,54 +187,29 @@ class Arrival:
     alert: dict[str, Any]  # one alert of it: labels, annotations, status
 
 
-class StampedNotifications(list[dict[str, Any]]):
-    """The fixture webhook's notification list, which also records when each notification arrived.
-
-    The webhook's handler threads call ``append`` the moment a notification is read, so stamping here
-    measures arrival exactly, however rarely the benchmark looks.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._arrived: list[float] = []
-
-    def append(self, notification: dict[str, Any]) -> None:
-        with self._lock:
-            self._arrived.append(time.monotonic())
-            super().append(notification)
-
-    def arrivals(self) -> list[Arrival]:
-        with self._lock:
-            pairs = list(zip(self._arrived, self, strict=True))
-        return [Arrival(at, alert) for at, notification in pairs for alert in notification["alerts"]]
+class StampedNotifications(fixture.StampedNotifications):
+    """The fixture's time-stamped webhook notifications, looked up by alert name."""
 
     def first_firing(self, alertname: str, since: float) -> Arrival | None:
-        for arrival in self.arrivals():
-            labels = arrival.alert["labels"]
-            if (
-                arrival.at >= since
-                and arrival.alert["status"] == "firing"
-                and labels["alertname"] == alertname
-            ):
-                return arrival
+        for at, alert in self.since(since):
+            if alert["status"] == "firing" and alert["labels"]["alertname"] == alertname:
+                return Arrival(at, alert)
         return None
 
     def names_firing(self, since: float) -> set[str]:
-        return {
-            arrival.alert["labels"]["alertname"]
-            for arrival in self.arrivals()
-            if arrival.at >= since and arrival.alert["status"] == "firing"
-        }
+        return {alert["labels"]["alertname"] for _, alert in self.since(since) if alert["status"] == "firing"}
 
 
 @contextmanager
-def alertmanager(workdir: Path) -> Iterator[tuple[Alertmanager, StampedNotifications]]:
-    """A private Alertmanager (group_wait 0s, group_interval 1s) and what its webhook receives."""
+def alertmanager_server(
+    workdir: Path, notifications: list[dict[str, Any]] | None = None
+) -> Iterator[Alertmanager]:
+    """A private Alertmanager (group_wait 0s, group_interval 1s) whose webhook appends what it receives
+    to ``notifications`` when given."""
     binary = require(ALERTMANAGER, "prometheus-alertmanager")
     webhook = Webhook()
-    notifications = StampedNotifications()
-    webhook.notifications = notifications
+    if notifications is not None:
+        webhook.notifications = notifications
     workdir.mkdir()
     server = Alertmanager(binary, workdir, webhook)
     try:
@@ -192,10 +217,18 @@ def alertmanager(workdir: Path) -> Iterator[tuple[Alertmanager, StampedNotificat
             server.start()
         except AssertionError as error:  # the fixture reports a failed start as a test failure
             raise BenchmarkError(str(error)) from None
-        yield server, notifications
+        yield server
     finally:
         server.stop()
         webhook.close()
+
+
+@contextmanager
+def alertmanager(workdir: Path) -> Iterator[tuple[Alertmanager, StampedNotifications]]:
+    """A private Alertmanager and what its webhook receives, each notification stamped as it arrives."""
+    notifications = StampedNotifications()
+    with alertmanager_server(workdir, notifications) as server:
+        yield server, notifications
 
 
 @contextmanager
@@ -215,10 +248,9 @@ def tierwatch(workdir: Path, dsn: str, alertmanager_url: str) -> Iterator[Servic
         "--listen",
         address,
     ]
-    # TIERWATCH_* variables would override the defaults this benchmark is about.
-    env = {key: val for key, val in os.environ.items() if not key.startswith("TIERWATCH_")}
     with running(
-        Service("tierwatch", command, workdir, env), lambda: answers(f"http://{address}/readyz")
+        Service("tierwatch", command, workdir, agent_environment()),
+        lambda: answers(f"http://{address}/readyz"),
     ) as agent:
         agent.wait_for(lambda: _postgres_collector_up(address), "collecting from PostgreSQL")
         yield agent

@@ -2,52 +2,34 @@
 with several databases, PgBouncer, the Kubernetes stand-in, an app and Alertmanager, all on loopback.
 
 The test fixtures' classes are reused outside pytest as they are (they only need pytest importable,
-which `make bench` installs with the test extras). Only servers started here are ever stopped.
+which `make bench` installs with the test extras), and so are detection_stack's process handling and
+exit codes. Only servers started here are ever stopped.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
+from detection_stack import TIERWATCH, BenchmarkError, Service, agent_environment, answers, require, running
 
-from tests.fixtures.alertmanager_server import Alertmanager, Webhook
 from tests.fixtures.app_server import AppServer
-from tests.fixtures.pgbouncer_server import ADMIN_USER, CONFIG, PGBOUNCER, STATS_USER, PgBouncerServer
+from tests.fixtures.pgbouncer_server import PGBOUNCER, PgBouncerServer, pgbouncer_in_front
 from tests.fixtures.postgres_server import APP_ROLE, MONITOR_ROLE, PG_BIN, PostgresServer, owned_temp_dir
 from tests.fixtures.redis_server import RedisServer, RedisServers
 from tests.support import free_port, http_get, parse_metrics
 
-TIERWATCH = Path(sys.executable).parent / "tierwatch"
 REDIS_SERVER = "/usr/bin/redis-server"
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MONITOR_NAME = "tierwatch"  # application_name and CLIENT SETNAME of the agent's connections
 OBSERVER_NAME = "bench-observer"
-
-
-class BenchmarkError(Exception):
-    """Something the benchmark needs could not be started or read."""
-
-
-def require(path: str | Path, package: str) -> str:
-    if not os.access(path, os.X_OK):
-        raise BenchmarkError(f"{path} is missing (Debian package {package})")
-    return str(path)
 
 
 def database_names(count: int) -> list[str]:
@@ -79,31 +61,8 @@ def pgbouncer(postgres: PostgresServer) -> Iterator[PgBouncerServer]:
     """PgBouncer in front of the cluster, configured as the test fixture configures it."""
     require(PGBOUNCER, "pgbouncer")
     root = owned_temp_dir("tierwatch-bench-pgbouncer-")
-    passwords = {
-        APP_ROLE: postgres.passwords[APP_ROLE],
-        STATS_USER: secrets.token_urlsafe(18),
-        ADMIN_USER: secrets.token_urlsafe(18),
-    }
-    server = PgBouncerServer(root, free_port(), passwords)
-    config = CONFIG.format(
-        database="app",
-        server_port=postgres.port,
-        pool_size=2,
-        port=server.port,
-        root=root,
-        admin=ADMIN_USER,
-        stats=STATS_USER,
-        max_client_conn=40,
-    )
-    (root / "pgbouncer.ini").write_text(config)
-    (root / "userlist.txt").write_text("".join(f'"{user}" "{pw}"\n' for user, pw in passwords.items()))
-    try:
-        server.start()
+    with pgbouncer_in_front(postgres, root, database="app", pool_size=2, max_client_conn=40) as server:
         yield server
-    finally:
-        if (root / "pgbouncer.pid").exists():
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager
@@ -113,22 +72,6 @@ def redis_fleet(workdir: Path, count: int) -> Iterator[list[RedisServer]]:
         yield [servers.start() for _ in range(count)]
     finally:
         servers.stop_all()
-
-
-@contextmanager
-def alertmanager(workdir: Path) -> Iterator[Alertmanager]:
-    webhook = Webhook()
-    workdir.mkdir()
-    server = Alertmanager(require(ALERTMANAGER, "prometheus-alertmanager"), workdir, webhook)
-    try:
-        try:
-            server.start()
-        except AssertionError as error:  # the fixture reports a failed start as a test failure
-            raise BenchmarkError(str(error)) from None
-        yield server
-    finally:
-        server.stop()
-        webhook.close()
 
 
 @contextmanager
@@ -197,58 +140,27 @@ def redis_targets(servers: Sequence[RedisServer]) -> list[dict[str, str]]:
     return [{"name": f"redis{index}", "url": server.url} for index, server in enumerate(servers, 1)]
 
 
-class Agent:
-    """``tierwatch run`` with a config written from a dict, in a session of its own."""
+class Agent(Service):
+    """``tierwatch run`` with a config written from a dict, in a session of its own, with the
+    environment a deployment gives it (``agent_environment``)."""
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self._config = workdir / "tierwatch.yaml"
-        self._config.write_text(yaml.safe_dump(config))
-        self._log_path = workdir / "tierwatch.log"
-        self._log: IO[bytes] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
-
-    def start(self) -> Agent:
+        path = workdir / "tierwatch.yaml"
+        path.write_text(yaml.safe_dump(config))
         command = [
             require(TIERWATCH, "tierwatch (make run)"),
             "run",
             "--config",
-            str(self._config),
+            str(path),
             "--listen",
             f"127.0.0.1:{self.port}",
         ]
-        # TIERWATCH_* variables would override the config the benchmark is about.
-        env = {key: val for key, val in os.environ.items() if not key.startswith("TIERWATCH_")}
-        self._log = self._log_path.open("wb")
-        self._process = subprocess.Popen(
-            command, stdout=self._log, stderr=self._log, env=env, start_new_session=True
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._ready():
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"tierwatch not ready within {START_TIMEOUT:.0f} s\n{self.log_tail()}")
-            time.sleep(0.2)
-        return self
+        super().__init__("tierwatch", command, workdir, agent_environment())
 
-    def _ready(self) -> bool:
-        try:
-            return http_get(f"http://127.0.0.1:{self.port}/readyz", 2)[0] == 200
-        except OSError:
-            return False
-
-    def check_alive(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            raise BenchmarkError(f"tierwatch exited ({self._process.returncode}):\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self._log_path.read_text(errors="replace")[-chars:] if self._log_path.exists() else ""
+    def ready(self) -> bool:
+        return answers(f"http://127.0.0.1:{self.port}/readyz")
 
     def metrics_text(self) -> str:
         status, body = http_get(f"http://127.0.0.1:{self.port}/metrics")
@@ -256,25 +168,12 @@ class Agent:
             raise BenchmarkError(f"/metrics answered {status}")
         return body.decode()
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        if self._log is not None:
-            self._log.close()
-
 
 @contextmanager
 def running_agent(workdir: Path, config: dict[str, Any]) -> Iterator[Agent]:
     agent = Agent(workdir, config)
-    try:
-        yield agent.start()
-    finally:
-        agent.stop()
+    with running(agent, agent.ready):
+        yield agent
 
 
 def series_keys(text: str, leave_out: tuple[str, ...] = ()) -> frozenset[str]:
@@ -304,6 +203,12 @@ def self_metrics(text: str) -> dict[tuple[str, str], dict[str, float]]:
 def proc_status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def process_environment(pid: int) -> dict[str, str]:
+    """The environment the process started with (/proc/PID/environ)."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode(errors="replace").partition("=")[::2] for entry in entries if entry)
 
 
 def rss_bytes(pid: int) -> int:
@@ -337,6 +242,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[column]) for row in table) for column in range(len(header))]
     for row in table:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def print_fields(header: Sequence[str], cells: Sequence[str]) -> None:
+    """One row as ``name=value`` pairs on a line of its own, printed at once (progress while running)."""
+    print("  ".join(f"{name}={cell}" for name, cell in zip(header, cells, strict=True)), flush=True)
+
+
+def print_checks(checks: Sequence[tuple[str, bool]]) -> None:
+    """Each check as PASS or FAIL with its text, then the verdict: PASS only if every check passed."""
+    for text, passed in checks:
+        print(f"  {'PASS' if passed else 'FAIL'}  {text}")
+    print(f"\n{'PASS' if all(passed for _, passed in checks) else 'FAIL'}")
 
 
 def mib(value: float) -> str:

@@ -12,7 +12,10 @@ the default 5 s interval; after one cycle to warm up, it watches --cycles cycles
   last-success timestamp is stamped when its sample is built, at the end of its cycle, so a cycle
   spans from min(last_success - duration) to max(last_success) over its targets;
 - the agent's CPU (utime + stime of every thread) per cycle, and per target per cycle, including the
-  benchmark's own scrapes of /metrics (every 0.5 s).
+  benchmark's own scrapes of /metrics (every 0.5 s);
+- the series on /metrics at the end: what a Prometheus stores for the step. PostgreSQL targets of one
+  server share its per-database series out (each database once), so they do not grow as targets x
+  databases.
 
 Target (issue 9): the cost grows about linearly with the number of targets (the CPU each added target
 costs stays within a factor of 2 from one step to the next), and a cycle of 50 targets finishes within
@@ -25,36 +28,36 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
-import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
 import redis
+from detection_stack import BenchmarkError, run_benchmark
 from fleet import (
-    BenchmarkError,
     cpu_seconds,
     mib,
     postgres_cluster,
     postgres_targets,
+    print_checks,
+    print_fields,
     print_table,
     redis_fleet,
     redis_targets,
     rss_bytes,
     running_agent,
     self_metrics,
+    series_keys,
     thread_count,
 )
 
 from tests.fixtures.postgres_server import owned_temp_dir
 
-EXIT_OK, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 2, 130
 REDIS_STEPS = (1, 10, 50)
 POSTGRES_STEPS = (1, 10, 25)
 # Often enough to see every cycle of every target (the agent answers between cycles from its render
@@ -76,6 +79,7 @@ class Step:
     cpu_per_cycle: float
     rss: int
     threads: int
+    series: int
 
     @property
     def cpu_per_target(self) -> float:
@@ -145,6 +149,7 @@ def measure(collector: str, targets: list[dict[str, str]], workdir: Path, args: 
         cpu = cpu_seconds(agent.pid) - cpu_before
         elapsed = time.monotonic() - began
         rss, threads = rss_bytes(agent.pid), thread_count(agent.pid)
+        series = len(series_keys(agent.metrics_text()))
         agent.check_alive()
     if len(seen) != len(targets):
         raise BenchmarkError(f"{collector}: {len(seen)} of {len(targets)} targets reported")
@@ -164,6 +169,7 @@ def measure(collector: str, targets: list[dict[str, str]], workdir: Path, args: 
         cpu_per_cycle=cpu / (elapsed / args.interval),
         rss=rss,
         threads=threads,
+        series=series,
     )
 
 
@@ -206,6 +212,7 @@ HEADER = (
     "CPU/target/cycle ms",
     "RSS MiB",
     "threads",
+    "series",
 )
 
 
@@ -222,11 +229,12 @@ def row(step: Step) -> list[str]:
         ms(step.cpu_per_target),
         mib(step.rss),
         str(step.threads),
+        str(step.series),
     ]
 
 
 def show(step: Step) -> None:
-    print("  ".join(f"{name}={cell}" for name, cell in zip(HEADER, row(step), strict=True)), flush=True)
+    print_fields(HEADER, row(step))
 
 
 def linearity(steps: list[Step]) -> tuple[str, bool]:
@@ -261,13 +269,7 @@ def report(steps: list[Step], interval: float) -> None:
         )
     )
     print()
-    for text, passed in checks:
-        print(f"  {'PASS' if passed else 'FAIL'}  {text}")
-    print(f"\n{'PASS' if all(passed for _, passed in checks) else 'FAIL'}")
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+    print_checks(checks)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -279,17 +281,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        steps = run(args)
-    except (BenchmarkError, psycopg.Error, redis.RedisError, RuntimeError, OSError) as error:
-        print(f"cannot run: {error}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    report(steps, args.interval)
-    return EXIT_OK
+    return run_benchmark(
+        lambda: run(args), lambda steps: report(steps, args.interval), (psycopg.Error, redis.RedisError)
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ after a warm-up the agent's resources must stay flat.
 Starts 10 redis-server processes, one PostgreSQL 15 cluster with 5 databases (a target per database),
 PgBouncer in front of it, the recorded Kubernetes API stand-in, an app serving its own /metrics under a
 trickle of traffic, and Alertmanager; then `tierwatch run` with all of them plus the host collector
-(this machine's /proc) at interval 1 s, for --minutes in all. After the warm-up it samples every
---every seconds: RSS, threads (/proc/PID/status), open files and the sockets among them
-(/proc/PID/fd), the agent's connections as the servers count them (tierwatch sessions in
+(this machine's /proc) at interval 1 s, for --minutes in all, in the environment its deployments give
+it (MALLOC_ARENA_MAX=2, as the Dockerfile and the Helm chart set it; printed at the start). After the
+warm-up it samples every --every seconds: RSS, threads (/proc/PID/status), open files and the sockets
+among them (/proc/PID/fd), the agent's connections as the servers count them (tierwatch sessions in
 pg_stat_activity, CLIENT LIST name=tierwatch on every Redis), the series on /metrics, CPU, and how
 many targets are up.
 
@@ -24,24 +25,20 @@ not run, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import psycopg
 import redis
+from detection_stack import DEPLOYED_ENVIRONMENT, alertmanager_server, run_benchmark
 from fleet import (
     MONITOR_NAME,
     OBSERVER_NAME,
     Agent,
-    BenchmarkError,
-    alertmanager,
     app_with_traffic,
     cpu_seconds,
     database_names,
@@ -51,7 +48,10 @@ from fleet import (
     pgbouncer,
     postgres_cluster,
     postgres_targets,
+    print_checks,
+    print_fields,
     print_table,
+    process_environment,
     redis_fleet,
     redis_targets,
     rss_bytes,
@@ -61,11 +61,10 @@ from fleet import (
     thread_count,
 )
 
-from tests.fixtures.kube_api import NAMESPACE, KubeApiServer
+from tests.fixtures.kube_api import KubeApiServer
 from tests.fixtures.pgbouncer_server import STATS_USER
 from tests.fixtures.postgres_server import PostgresServer, owned_temp_dir
 
-EXIT_OK, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 2, 130
 REDIS_TARGETS = 5 * 2
 POSTGRES_TARGETS = 5
 INTERVAL = 1.0
@@ -164,7 +163,7 @@ def soak(args: argparse.Namespace) -> list[Reading]:
         kube = KubeApiServer()
         stack.callback(kube.stop)
         app = stack.enter_context(app_with_traffic(APP_REQUESTS_PER_SECOND))
-        am = stack.enter_context(alertmanager(workdir / "alertmanager"))
+        am = stack.enter_context(alertmanager_server(workdir / "alertmanager"))
         pooler_password = workdir / "pgbouncer-password"
         pooler_password.write_text(pooler.passwords[STATS_USER])
         config = {
@@ -173,33 +172,23 @@ def soak(args: argparse.Namespace) -> list[Reading]:
             "postgres": postgres_targets(workdir, postgres, POSTGRES_TARGETS),
             "pgbouncer": [{"name": "pool", "dsn": pooler.dsn(), "password_file": str(pooler_password)}],
             "redis": redis_targets(redis_servers),
-            "kubernetes": {
-                "enabled": True,
-                "kubeconfig": str(kube.write_kubeconfig(workdir / "kubeconfig")),
-                "namespace": NAMESPACE,
-            },
-            "app": [
-                {
-                    "name": "web",
-                    "metrics_url": f"{app.url}/metrics",
-                    "requests_metric": "http_requests_total",
-                    "latency_metric": "http_request_duration_seconds",
-                    "pool_size": 20,
-                    "hpa": "web",
-                }
-            ],
+            "kubernetes": kube.agent_section(workdir),
+            "app": [app.agent_entry("web", pool_size=20, hpa="web")],
             "alertmanager": {"urls": [am.url]},
         }
         print(
             f"{REDIS_TARGETS} Redis, {POSTGRES_TARGETS} PostgreSQL databases, PgBouncer, Kubernetes "
             f"stand-in, app, Alertmanager, host; interval {INTERVAL:g} s, window {args.window:g} s; "
-            f"{args.minutes:g} min in all, warm-up {args.warm_up:g} s, a sample every {args.every:g} s; "
-            # glibc gives each thread that allocates an arena of its own (up to 8 per CPU); the agent
-            # inherits this setting, which changes how its RSS grows.
-            f"MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', 'unset')}",
+            f"{args.minutes:g} min in all, warm-up {args.warm_up:g} s, a sample every {args.every:g} s",
             flush=True,
         )
         agent = stack.enter_context(running_agent(workdir / "agent", config))
+        # The setting decides how RSS grows (glibc's default: an arena per allocating thread, up to 8 per
+        # CPU); the agent runs with it as the Dockerfile and the Helm chart set it. Read back from the
+        # agent's own environment.
+        environment = process_environment(agent.pid)
+        deployed = " ".join(f"{key}={environment.get(key, 'unset')}" for key in DEPLOYED_ENVIRONMENT)
+        print(f"tierwatch runs as deployed (Dockerfile ENV, Helm chart env): {deployed}", flush=True)
         started = time.monotonic()
         observer = Observer(postgres, redis_servers)
         stack.callback(observer.close)
@@ -261,10 +250,7 @@ def row(reading: Reading, previous: Reading | None) -> list[str]:
 
 
 def show(reading: Reading, previous: Reading | None) -> None:
-    print(
-        "  ".join(f"{name}={cell}" for name, cell in zip(HEADER, row(reading, previous), strict=True)),
-        flush=True,
-    )
+    print_fields(HEADER, row(reading, previous))
 
 
 def flat(values: list[int], jitter: int = 0) -> bool:
@@ -311,13 +297,7 @@ def report(readings: list[Reading]) -> None:
     print(
         f"\nover {span:.0f} s after a {first.elapsed:.0f} s warm-up; CPU {(last.cpu - first.cpu) / span:.1%}"
     )
-    for text, passed in checks:
-        print(f"  {'PASS' if passed else 'FAIL'}  {text}")
-    print(f"\n{'PASS' if all(passed for _, passed in checks) else 'FAIL'}")
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+    print_checks(checks)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -338,17 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        readings = soak(args)
-    except (BenchmarkError, psycopg.Error, redis.RedisError, RuntimeError, OSError) as error:
-        print(f"cannot run: {error}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    report(readings)
-    return EXIT_OK
+    return run_benchmark(lambda: soak(args), report, (psycopg.Error, redis.RedisError))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ SENTINEL = "s3ntinel-Pa55word-must-not-render"
 # What the test pretends the downward API and the Secret hold when it loads a config.
 NODE_NAME, POD_NAME = "node-1", "pod-1"
 SECRET_DSN, SECRET_URL = "host=db.example port=5432 user=tierwatch", "redis://cache.example:6379/0"
+# Set wherever the agent is deployed: glibc's default of an arena per allocating thread lets its RSS creep
+# (benchmarks/soak.py).
+RUNTIME_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 Manifest = dict[str, Any]
 
@@ -155,6 +158,11 @@ def environment(container: Manifest) -> dict[str, str]:
     return env
 
 
+def assert_runtime_env(container: Manifest) -> None:
+    env = environment(container)
+    assert {key: env.get(key) for key in RUNTIME_ENV} == RUNTIME_ENV, container["name"]
+
+
 def assert_valid_schema(doc: Manifest) -> None:
     try:
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
@@ -243,6 +251,29 @@ def test_every_pod_is_hardened_and_probed(rendered: dict[str, list[Manifest]], c
             assert_probe(container, "readinessProbe", "/readyz")
             port = container["ports"][0]["containerPort"]
             assert container["args"][-2:] == ["--listen", f"0.0.0.0:{port}"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_agent_runs_with_the_runtime_env(rendered: dict[str, list[Manifest]], case: str) -> None:
+    workloads = of_kind(rendered[case], "DaemonSet", "Deployment")
+    assert workloads
+    for workload in workloads:
+        assert_runtime_env(agent_container(workload))
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The variables the Dockerfile's ENV instructions set (KEY=value form)."""
+    env: dict[str, str] = {}
+    for line in path.read_text().replace("\\\n", " ").splitlines():
+        words = line.split()
+        if words and words[0] == "ENV":
+            env.update(word.split("=", 1) for word in words[1:])
+    return env
+
+
+def test_the_image_runs_with_the_runtime_env() -> None:
+    env = dockerfile_env(REPO / "Dockerfile")
+    assert {key: env.get(key) for key in RUNTIME_ENV} == RUNTIME_ENV
 
 
 @pytest.mark.parametrize("case", [case for case in CASES if case != "cluster-only"])
@@ -417,7 +448,8 @@ def test_existing_secret_keeps_every_password_out(helm: str, tmp_path: Path) -> 
         "pgbouncer-password",
         "redis-password",
     }
-    refs = [e["valueFrom"]["secretKeyRef"] for e in agent_container(one(docs, "Deployment"))["env"][1:]]
+    env = agent_container(one(docs, "Deployment"))["env"]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
     assert refs == [{"name": "tierwatch-credentials", "key": "billing-dsn"}]
 
 
@@ -514,6 +546,7 @@ def test_sidecar_template_renders_a_working_container(helm: str, tmp_path: Path,
     else:
         assert "readinessProbe" not in sidecar
     assert sidecar["args"][-2:] == ["--listen", "0.0.0.0:10095"]
+    assert_runtime_env(sidecar)
     config = sidecar_config(sidecar)
     assert config.host.name == POD_NAME
     assert [(a.name, a.metrics_url, a.pool_size) for a in config.app] == [
@@ -534,6 +567,7 @@ def test_sidecar_snippet_in_the_docs_works() -> None:
     sidecar = agent_container(deployment)
     assert_hardened(sidecar)
     assert_probe(sidecar, "livenessProbe", "/healthz")
+    assert_runtime_env(sidecar)
     config = sidecar_config(sidecar)
     assert config.host.name == POD_NAME
     assert config.app[0].metrics_url == "http://127.0.0.1:8000/metrics"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TypeVar
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from collectors.base import Kind, MetricSpec, Sample, SampleBuilder
+from collectors.base import CollectorError, Kind, MetricSpec, Sample, SampleBuilder
 from collectors.deltas import Deltas
 
 # Examples per property: the whole set of property tests must stay well under 20 s in the suite;
@@ -44,6 +44,31 @@ def mostly(usual: st.SearchStrategy[T], odd: st.SearchStrategy[T]) -> st.SearchS
     return st.integers(0, 9).flatmap(lambda roll: odd if roll == 0 else usual)
 
 
+class Counters:
+    """The named counters of one generated peer across its cycles: each starts at a value drawn from
+    ``starts`` and grows by one drawn from ``steps`` each cycle (the generator sets ``cycle``); ``shown``
+    turns the sum into what the peer reports, wrapped or capped at its integer width."""
+
+    def __init__(
+        self,
+        draw: st.DrawFn,
+        starts: st.SearchStrategy[int],
+        steps: st.SearchStrategy[int],
+        shown: Callable[[int], int],
+    ) -> None:
+        self._draw = draw
+        self._starts, self._steps, self._shown = starts, steps, shown
+        self._counters: dict[str, tuple[int, int]] = {}
+        self.cycle = 0
+
+    def __call__(self, name: str) -> int:
+        if name not in self._counters:
+            start = self._draw(self._starts, label=name)
+            self._counters[name] = (start, self._draw(self._steps, label=name))
+        start, step = self._counters[name]
+        return self._shown(start + self.cycle * step)
+
+
 def check_sample(sample: Sample, shares: Iterable[str]) -> None:
     """No NaN or infinite value anywhere, and every share within [0, 1]."""
     share_names = set(shares)
@@ -52,6 +77,23 @@ def check_sample(sample: Sample, shares: Iterable[str]) -> None:
         assert math.isfinite(value), (name, labels, value)
         if name in share_names:
             assert 0.0 <= value <= 1.0, (name, labels, value)
+
+
+def check_cycle(
+    collect: Callable[[], Sample], shares: Collection[str], error_chars: int = 30
+) -> Sample | None:
+    """One cycle of a collector under generated input: its sample passes ``check_sample`` and each share
+    it holds is noted as a hypothesis event; a ``CollectorError`` is noted by the start of its detail and
+    gives None (the next cycle still runs)."""
+    try:
+        sample = collect()
+    except CollectorError as error:
+        event(f"error {error.detail[:error_chars]}")
+        return None
+    for share in set(shares) & {name for name, _ in sample.values}:
+        event(f"{share} emitted")
+    check_sample(sample, shares)
+    return sample
 
 
 def check_ratio_sets(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from collectors.base import CollectorError
@@ -23,8 +23,9 @@ from tests.test_properties_base import (
     FAST,
     NUMBERS,
     ODD_INTS,
+    Counters,
+    check_cycle,
     check_ratio_sets,
-    check_sample,
     mostly,
 )
 
@@ -91,23 +92,17 @@ INT64 = st.integers(-(2**63), 2**64 - 1) | st.sampled_from([-1, 2**63, 2**64 - 1
 FAULTS = ("removed", "garbage", "beyond 64 bits")
 
 
-class Numbers:
+def wrapped(value: int) -> int:
+    return value if -(2**63) <= value < 2**64 else value % 2**64  # wrapped, as the kernel's do
+
+
+class Numbers(Counters):
     """The numbers of one generated host across its cycles: each named counter starts somewhere and
     grows by a step each cycle; the step is now and then negative (a reset) or absurdly large."""
 
     def __init__(self, draw: st.DrawFn) -> None:
-        self._draw = draw
-        self._counters: dict[str, tuple[int, int]] = {}
-        self.cycle = 0
-
-    def __call__(self, name: str) -> int:
-        if name not in self._counters:
-            start = self._draw(mostly(st.integers(0, 10**9), INT64), label=name)
-            step = self._draw(mostly(st.integers(0, 10**5), INT64), label=name)
-            self._counters[name] = (start, step)
-        start, step = self._counters[name]
-        value = start + self.cycle * step
-        return value if -(2**63) <= value < 2**64 else value % 2**64  # wrapped, as the kernel's do
+        starts = mostly(st.integers(0, 10**9), INT64)
+        super().__init__(draw, starts, mostly(st.integers(0, 10**5), INT64), wrapped)
 
     def gauge(self) -> str:
         """A gauge in decimal notation, as in loadavg and PSI averages."""
@@ -200,11 +195,4 @@ def test_collector_cycles_emit_finite_values_and_shares_within_0_and_1(
         for files, gap in cycles:
             write_tree(root, files)
             now[0] += gap
-            try:
-                sample = collector.collect()
-            except CollectorError as error:
-                event(f"error {error.detail[:20]}")
-                continue
-            for share in SHARES & {name for name, _ in sample.values}:
-                event(f"{share} emitted")
-            check_sample(sample, SHARES)
+            check_cycle(collector.collect, SHARES, error_chars=20)

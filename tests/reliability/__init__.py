@@ -1,5 +1,5 @@
-"""What the fault tests share: loads that outlive a restart of their server, a /metrics probe that runs
-while a fault lasts, and the Alertmanager webhook's notifications stamped as they arrive.
+"""What the fault tests share: loads that outlive a restart of their server, and a /metrics probe that
+runs while a fault lasts (the webhook's notifications are stamped by the Alertmanager fixture).
 
 Everything here drives real servers the tests started themselves; nothing is mocked.
 """
@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from tests.support import Series, parse_metrics
+from tests.support import BackgroundLoop, Series, parse_metrics
 
 SELF_PREFIX = "tierwatch_collector_"
 UP = "tierwatch_collector_up"
@@ -129,24 +129,15 @@ class Scrape:
         return parse_metrics("\n".join(lines) + "\n")
 
 
-class Probe:
+class Probe(BackgroundLoop):
     """GETs /metrics at a steady pace over one kept-alive connection, as Prometheus does, on a thread
     of its own; keeps every answer's timing and body for the checks after the fault."""
 
     def __init__(self, port: int, period: float) -> None:
         self._port = port
         self._period = period
-        self._stop = threading.Event()
         self.scrapes: list[Scrape] = []
-        self._thread = threading.Thread(target=self._run, name="metrics-probe", daemon=True)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__init__("metrics-probe")
 
     def _run(self) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self._port, timeout=5)
@@ -191,24 +182,3 @@ def success_gaps(scrapes: list[Scrape], key: TargetKey) -> list[float]:
 def self_labels(key: TargetKey, **extra: str) -> frozenset[tuple[str, str]]:
     """The label set of a self-metric series of ``key``, as ``parse_metrics`` keys it."""
     return frozenset({"collector": key[0], "target": key[1], **extra}.items())
-
-
-class StampedNotifications(list[dict[str, Any]]):
-    """Stands in for the fixture webhook's notification list and records when each one arrived (the
-    webhook's handler threads call ``append`` the moment a notification is read)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self.arrived: list[float] = []
-
-    def append(self, notification: dict[str, Any]) -> None:
-        with self._lock:
-            self.arrived.append(time.monotonic())
-            super().append(notification)
-
-    def since(self, start: float) -> list[tuple[float, dict[str, Any]]]:
-        """(arrival, alert) of every alert notified at or after ``start``."""
-        with self._lock:
-            pairs = list(zip(self.arrived, self, strict=True))
-        return [(at, alert) for at, notification in pairs if at >= start for alert in notification["alerts"]]

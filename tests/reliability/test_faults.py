@@ -33,7 +33,7 @@ import pytest
 import redis
 
 from alerts.names import ALERT_NAMES
-from tests.fixtures.alertmanager_server import Alertmanager, Webhook
+from tests.fixtures.alertmanager_server import Alertmanager, StampedNotifications, Webhook
 from tests.fixtures.app_server import AppServer
 from tests.fixtures.kube_api import NAMESPACE, KubeApiServer
 from tests.fixtures.pgbouncer_server import STATS_USER, PgBouncerServer, running
@@ -46,7 +46,6 @@ from tests.reliability import (
     LoopingClients,
     Probe,
     Scrape,
-    StampedNotifications,
     TargetKey,
     p99,
     self_labels,
@@ -175,21 +174,8 @@ def agent_config(
         "postgres": [{"name": POSTGRES[1], "dsn": postgres.dsn(), "password_file": str(postgres_password)}],
         "pgbouncer": [{"name": PGBOUNCER[1], "dsn": pooler.dsn(), "password_file": str(pooler_password)}],
         "redis": [{"name": REDIS[1], "url": redis_server.url}],
-        "kubernetes": {
-            "enabled": True,
-            "kubeconfig": str(kube.write_kubeconfig(workdir / "kubeconfig")),
-            "namespace": NAMESPACE,
-        },
-        "app": [
-            {
-                "name": "web",
-                "metrics_url": f"{app.url}/metrics",
-                "requests_metric": "http_requests_total",
-                "latency_metric": "http_request_duration_seconds",
-                "pool_size": 20,
-                "hpa": "web",
-            }
-        ],
+        "kubernetes": kube.agent_section(workdir),
+        "app": [app.agent_entry("web", pool_size=20, hpa="web")],
         "alertmanager": {"urls": [alertmanager.url], "resend_interval": RESEND_INTERVAL, "timeout": 1},
         "rules": rules,
     }

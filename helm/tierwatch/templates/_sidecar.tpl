@@ -55,6 +55,7 @@ container's /proc and its own cgroup; host.name is the pod name.
           fieldPath: metadata.name
     - name: TIERWATCH_LOG_LEVEL
       value: {{ .logLevel | default "INFO" | quote }}
+    {{- include "tierwatch.runtimeEnv" . | nindent 4 }}
     {{- range $key := keys $config | sortAlpha }}
     {{- $value := index $config $key }}
     - name: {{ printf "TIERWATCH_%s" (upper $key) }}
