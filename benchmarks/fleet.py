@@ -27,7 +27,6 @@ from tests.fixtures.redis_server import RedisServer, RedisServers
 from tests.support import free_port, http_get, parse_metrics
 
 REDIS_SERVER = "/usr/bin/redis-server"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MONITOR_NAME = "tierwatch"  # application_name and CLIENT SETNAME of the agent's connections
 OBSERVER_NAME = "bench-observer"
 
@@ -229,12 +228,6 @@ def open_files(pid: int) -> tuple[int, int]:
         except OSError:
             continue  # closed while we looked
     return len(targets), sum(target.startswith("socket:") for target in targets)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (every thread)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

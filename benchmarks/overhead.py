@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import psycopg
+from cpuclock import cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / ".venv" / "bin" / "tierwatch"
@@ -252,21 +253,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of the process, live or exited, from the kernel's per-process CPU
-    clock: it counts nanoseconds, where /proc/PID/stat's utime and stime count whole clock ticks
-    (10 ms), as coarse as the few milliseconds a cycle costs."""
-    try:
-        return time.clock_gettime(process_cpu_clock(pid))
-    except OSError as error:  # the process is gone
-        raise BenchmarkError(f"cannot read the CPU clock of process {pid}: {error}") from None
-
-
-def process_cpu_clock(pid: int) -> int:
-    # What clock_getcpuclockid(3) returns on Linux: MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED).
-    return (~pid << 3) | 2
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -38,9 +38,9 @@ from typing import Any
 
 import psycopg
 import redis
+from cpuclock import cpu_seconds
 from detection_stack import BenchmarkError, run_benchmark
 from fleet import (
-    cpu_seconds,
     mib,
     postgres_cluster,
     postgres_targets,

@@ -34,13 +34,13 @@ from typing import Any
 
 import psycopg
 import redis
+from cpuclock import cpu_seconds
 from detection_stack import DEPLOYED_ENVIRONMENT, alertmanager_server, run_benchmark
 from fleet import (
     MONITOR_NAME,
     OBSERVER_NAME,
     Agent,
     app_with_traffic,
-    cpu_seconds,
     database_names,
     database_trickle,
     mib,

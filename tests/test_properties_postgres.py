@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from collectors.pgbouncer import PGBOUNCER_METRICS, REQUIRED, PgBouncerCollector
 from collectors.postgres import PostgresCollector, queries
 from collectors.postgres.metrics import POSTGRES_METRICS
-from collectors.postgres.sampler import SAMPLE_SQL
 from tests.test_properties_base import (
     ODD_INTS,
     THOROUGH,
@@ -159,6 +158,12 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
                 *(("application", name, draw(bigints)) for name in applications),
                 *(("client", name, draw(bigints)) for name in clients),
                 *(("wait", key, draw(st.none() | float8s)) for key in waits),
+                *(
+                    ("load", wait, draw(bigints))
+                    for wait in draw(
+                        st.lists(st.sampled_from([None, "IO", "Lock", "LWLock", "Timeout"]), unique=True)
+                    )
+                ),
             ],
             queries.DATABASES_SQL: [
                 (
@@ -174,12 +179,6 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
                 )
                 | st.just([(None, 0.5, None)])  # a standby
             ),
-            SAMPLE_SQL: [
-                (wait, draw(bigints))
-                for wait in draw(
-                    st.lists(st.sampled_from([None, "IO", "Lock", "LWLock", "Timeout"]), unique=True)
-                )
-            ],
             queries.HAS_STATEMENTS_SQL: [(False,)],
         }
         numeric_cells = {
@@ -187,7 +186,6 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
             queries.ACTIVITY_SQL: (2,),
             queries.DATABASES_SQL: range(1, 9),
             queries.REPLICATION_SQL: (1, 2),
-            SAMPLE_SQL: (1,),
         }
         if draw(st.booleans()):
             statement = draw(st.sampled_from(sorted(numeric_cells)))

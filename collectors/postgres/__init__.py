@@ -94,7 +94,7 @@ class PostgresCollector(Collector):
             activity = queries.read_activity(connection)
             databases = queries.read_databases(connection, self._databases_share)
             replication = queries.read_replication(connection)
-            load = self._sampler.average(connection)
+            load = self._sampler.average(activity.load)
             self._refresh_top_queries(connection)
         limits = self._limits
         assert limits is not None  # set by _on_connect before the session hands out a connection

@@ -1,9 +1,10 @@
 """The statements of a cycle and what they return, as plain values.
 
-A cycle costs four round trips (activity, databases, replication, one load sample at most) plus the
-top statements every so often. Each statement reads pg_stat_activity and friends once and aggregates
-on the server, so a server with thousands of sessions returns a few dozen rows. pg_stat_database is
-read for the target's share of the server's databases only (DatabaseShare).
+A cycle costs three round trips (activity with a load sample, databases, replication) plus the top
+statements every so often. Each statement reads pg_stat_activity and friends once and aggregates on
+the server, so a server with thousands of sessions returns a few dozen rows. pg_stat_database is read
+for the target's share of the server's databases only (DatabaseShare). Each statement is prepared
+once per connection: the server plans it once, not every cycle.
 """
 
 from __future__ import annotations
@@ -29,9 +30,20 @@ SELECT current_setting('max_connections')::int,
        current_user
 """
 
+# Active sessions by wait event type: one sample of DB load (sampler.py). The activity statement
+# takes one too, so a cycle that needs a sample gets it without a round trip of its own.
+LOAD_SAMPLE_SQL = """
+SELECT wait_event_type, count(*)::float8
+FROM pg_stat_activity
+WHERE state = 'active'
+  AND backend_type IN ('client backend', 'parallel worker')
+  AND pid <> pg_backend_pid()
+GROUP BY wait_event_type
+"""
+
 # Rows of (kind, key, value). Without pg_read_all_stats, other roles' sessions show neither
 # backend_type nor state; having a database still tells them from background processes.
-ACTIVITY_SQL = """
+ACTIVITY_SQL = f"""
 WITH sessions AS MATERIALIZED (
     SELECT pid, state, wait_event_type, query_start, xact_start, state_change,
            CASE WHEN backend_type IS NOT NULL THEN application_name END AS application_name,
@@ -60,6 +72,8 @@ FROM waits, LATERAL (VALUES
     ('transaction', extract(epoch FROM transaction)::float8),
     ('idle_in_transaction', extract(epoch FROM idle_in_transaction)::float8)
 ) AS age(key, value)
+UNION ALL
+SELECT 'load', load.* FROM ({LOAD_SAMPLE_SQL}) AS load
 """
 
 # pg_stat_user_tables covers only the database of the connection. The rows are those of the target's
@@ -126,6 +140,7 @@ class Activity:
     by_application: dict[str, float]
     by_client: dict[str, float]
     waits: dict[str, float]
+    load: tuple[tuple[str | None, float], ...]  # a load sample: active sessions per wait event type
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +227,15 @@ LABEL_OF_KIND = {"state": state_label, "application": name_label, "client": name
 
 def read_activity(connection: psycopg.Connection) -> Activity:
     groups: dict[str, dict[str, float]] = {kind: {} for kind in LABEL_OF_KIND}
+    load = []
     for kind, key, value in connection.execute(ACTIVITY_SQL):
-        if value is not None:  # an age is NULL when no session is in that state
+        if kind == "load":
+            load.append((key, number(value, "active sessions")))
+        elif value is not None:  # an age is NULL when no session is in that state
             # Counts are never negative; an age is when a query began after the statement's now().
             signed = kind == "wait" and key != "blocked"
             groups[kind][LABEL_OF_KIND[kind](key)] = number(value, f"pg_stat_activity {kind}", signed=signed)
-    return Activity(groups["state"], groups["application"], groups["client"], groups["wait"])
+    return Activity(groups["state"], groups["application"], groups["client"], groups["wait"], tuple(load))
 
 
 def read_databases(

@@ -8,23 +8,17 @@ connection, in a thread of the collector's own that yields to the cycle.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 import psycopg
 
 from collectors.base import CollectorError
-from collectors.postgres.queries import number
+from collectors.postgres.queries import LOAD_SAMPLE_SQL, number
 from collectors.postgres.session import Session
 
 WAIT_CLASSES = ("cpu", "io", "lock", "lwlock", "client", "other")
 CLASS_OF_WAIT_TYPE = {None: "cpu", "IO": "io", "Lock": "lock", "LWLock": "lwlock", "Client": "client"}
-SAMPLE_SQL = """
-SELECT wait_event_type, count(*)
-FROM pg_stat_activity
-WHERE state = 'active'
-  AND backend_type IN ('client backend', 'parallel worker')
-  AND pid <> pg_backend_pid()
-GROUP BY wait_event_type
-"""
+Counts = Iterable[tuple[str | None, float]]  # active sessions per wait event type
 
 
 class LoadSampler:
@@ -41,17 +35,20 @@ class LoadSampler:
         self._thread: threading.Thread | None = None
 
     def take(self, connection: psycopg.Connection) -> None:
-        rows = connection.execute(SAMPLE_SQL).fetchall()
+        rows = connection.execute(LOAD_SAMPLE_SQL).fetchall()
         # Checked before any is added: a bad row must not leave half a sample in the sums.
-        counts = [(wait_type, number(sessions, "active sessions")) for wait_type, sessions in rows]
+        self.add([(wait_type, number(sessions, "active sessions")) for wait_type, sessions in rows])
+
+    def add(self, counts: Counts) -> None:
         for wait_type, sessions in counts:
             self._sums[CLASS_OF_WAIT_TYPE.get(wait_type, "other")] += sessions
         self._samples += 1
 
-    def average(self, connection: psycopg.Connection) -> dict[str, float]:
-        """The average per wait class since the previous call; one sample is taken now if none was."""
+    def average(self, current: Counts) -> dict[str, float]:
+        """The average per wait class since the previous call; ``current``, the cycle's own sample,
+        stands in when the thread took none (cycles of a second or less run no thread)."""
         if not self._samples:
-            self.take(connection)
+            self.add(current)
         averages = {wait_class: total / self._samples for wait_class, total in self._sums.items()}
         self._sums = dict.fromkeys(WAIT_CLASSES, 0.0)
         self._samples = 0
