@@ -127,14 +127,21 @@ def _throughput_gain(windows: Windows) -> float | None:
 
 def _start_and_end(window: Window, metric: str) -> tuple[float, float] | None:
     """The metric's rate at the oldest and the newest end of the window: a gauge's value, or for a
-    counter the increase per second between the two oldest and the two newest samples."""
+    counter the increase per second over the first and over the last quarter of the window. Not over
+    one cycle: PostgreSQL publishes a session's counters at most once a second, so a single short
+    cycle can see no commit at all on a server that commits steadily."""
     if len(window) < 4:
         return None
     if not metric.endswith("_total"):
         first, last = window[0].series(metric).values(), window[-1].series(metric).values()
         return (sum(first), sum(last)) if first and last else None
+    oldest, newest = window[0], window[-1]
+    quarter = (newest.timestamp - oldest.timestamp) / 4
+    # The window's own ends always qualify, so both searches find a sample.
+    first_quarter = next(s for s in window[1:] if s.timestamp - oldest.timestamp >= quarter)
+    last_quarter = next(s for s in reversed(window[:-1]) if newest.timestamp - s.timestamp >= quarter)
     rates = []
-    for before, after in ((window[0], window[1]), (window[-2], window[-1])):
+    for before, after in ((oldest, first_quarter), (last_quarter, newest)):
         elapsed = after.timestamp - before.timestamp
         grown = sum(after.series(metric).values()) - sum(before.series(metric).values())
         if elapsed <= 0 or grown < 0:
