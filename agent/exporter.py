@@ -47,19 +47,16 @@ class StoreCollector:
             f"{PREFIX}build_info", "tierwatch build; always 1.", labels=["version"]
         )
         self._build_info.add_metric([__version__], 1)
-        # family name -> (the data it was built from, the family), as of the last collect; tier
-        # families apart, as (spec, series, family), being most of the page
+        # family name -> (the data it was built from, the family), as of the last collect
         self._built: dict[str, tuple[object, Metric]] = {}
         self._next: dict[str, tuple[object, Metric]] = {}
-        self._tiers_built: dict[str, tuple[MetricSpec, list[_Series], Metric]] = {}
-        self._tiers_next: dict[str, tuple[MetricSpec, list[_Series], Metric]] = {}
 
     def describe(self) -> list[Metric]:
         # Nothing to describe up front: families depend on what the targets report.
         return []
 
     def collect(self) -> Iterator[Metric]:
-        self._next, self._tiers_next = {}, {}
+        self._next = {}
         try:
             yield self._build_info
             yield from self._self_metrics()
@@ -69,7 +66,7 @@ class StoreCollector:
         except Exception:  # a bug here must cost a scrape its tier series, never the endpoint
             log.exception("rendering /metrics failed")
         finally:
-            self._built, self._tiers_built = self._next, self._tiers_next
+            self._built = self._next
 
     def _family(self, name: str, data: Any, build: Callable[[Any], Metric]) -> Metric:
         last = self._built.get(name)
@@ -119,16 +116,9 @@ class StoreCollector:
                     entries = series[name] = []
                     declared[name] = spec
                 entries.append((target, labels, value))
-        built, kept = self._tiers_built, self._tiers_next
         for name, entries in series.items():
-            spec = declared[name]
-            last = built.get(name)
-            if last is not None and last[0] is spec and last[1] == entries:
-                family = last[2]
-            else:
-                family = _tier_family(spec, entries)
-            kept[name] = (spec, entries, family)
-            yield family
+            # Keyed apart from the self-metrics: a collector's series names are its own to choose.
+            yield self._family(f"tier:{name}", (declared[name], entries), _tier_family)
 
 
 def _up_family(data: list[tuple[tuple[str, str], bool]]) -> Metric:
@@ -193,7 +183,8 @@ def _signal_family(signals: list[tuple[tuple[str, str], float]]) -> Metric:
     return family
 
 
-def _tier_family(spec: MetricSpec, entries: list[_Series]) -> Metric:
+def _tier_family(data: tuple[MetricSpec, list[_Series]]) -> Metric:
+    spec, entries = data
     labels = ["target", *spec.labels]
     kind = CounterMetricFamily if spec.kind is Kind.COUNTER else GaugeMetricFamily
     family = kind(PREFIX + spec.name, spec.help + AS_OF, labels=labels)
