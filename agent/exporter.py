@@ -13,11 +13,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from agent import __version__
 from agent.store import Store
+from alerts.alertmanager import Deliveries
 from collectors.base import Kind, MetricSpec, Reason
 
 log = logging.getLogger("tierwatch.exporter")
@@ -27,6 +28,8 @@ SELF_LABELS = ["collector", "target"]
 ALERT_LABELS = ["alertname", "alertstate", "severity", "tier", "target"]
 REASONS = tuple(Reason)
 _Series = tuple[str, tuple[str, ...], float]  # (target, label values, value)
+Specs = Mapping[str, Iterable[MetricSpec]]  # collector name -> the metrics it declares
+CountDeliveries = Callable[[], Deliveries]  # the Alertmanager sender's counts, when one is configured
 
 
 class StoreCollector:
@@ -37,8 +40,9 @@ class StoreCollector:
     calls it under its lock.
     """
 
-    def __init__(self, store: Store, specs: Mapping[str, Iterable[MetricSpec]]) -> None:
+    def __init__(self, store: Store, specs: Specs, deliveries: CountDeliveries | None = None) -> None:
         self._store = store
+        self._deliveries = deliveries
         self._specs = {
             collector: {spec.name: spec for spec in collector_specs}
             for collector, collector_specs in specs.items()
@@ -63,6 +67,8 @@ class StoreCollector:
             yield from self._tier_metrics()
             yield self._alert_series()
             yield self._signal_series()
+            if self._deliveries is not None:
+                yield from self._delivery_series(self._deliveries())
         except Exception:  # a bug here must cost a scrape its tier series, never the endpoint
             log.exception("rendering /metrics failed")
         finally:
@@ -98,6 +104,11 @@ class StoreCollector:
 
     def _signal_series(self) -> Metric:
         return self._family("signal_value", sorted(self._store.signals().items()), _signal_family)
+
+    def _delivery_series(self, deliveries: Deliveries) -> Iterator[Metric]:
+        yield self._family("alertmanager_alerts_sent_total", deliveries.sent, _sent_family)
+        yield self._family("alertmanager_alerts_failed_total", deliveries.failed, _failed_family)
+        yield self._family("alertmanager_alerts_dropped_total", deliveries.dropped, _dropped_family)
 
     def _tier_metrics(self) -> Iterator[Metric]:
         # Each family's series in page order, (target, label values, value), grouped first so
@@ -183,6 +194,35 @@ def _signal_family(signals: list[tuple[tuple[str, str], float]]) -> Metric:
     return family
 
 
+def _per_alertmanager(name: str, help_text: str, counts: tuple[tuple[str, int], ...]) -> Metric:
+    family = CounterMetricFamily(f"{PREFIX}{name}", help_text, labels=["alertmanager"])
+    for alertmanager, count in counts:
+        family.add_metric([alertmanager], count)
+    return family
+
+
+def _sent_family(counts: tuple[tuple[str, int], ...]) -> Metric:
+    return _per_alertmanager(
+        "alertmanager_alerts_sent_total", "Alerts in posts this Alertmanager accepted.", counts
+    )
+
+
+def _failed_family(counts: tuple[tuple[str, int], ...]) -> Metric:
+    return _per_alertmanager(
+        "alertmanager_alerts_failed_total",
+        "Alerts in failed posts to this Alertmanager (refused, timed out, HTTP error); they are retried.",
+        counts,
+    )
+
+
+def _dropped_family(dropped: int) -> Metric:
+    return CounterMetricFamily(
+        f"{PREFIX}alertmanager_alerts_dropped_total",
+        "Resolutions never sent because the send queue was full.",
+        value=dropped,
+    )
+
+
 def _tier_family(data: tuple[MetricSpec, list[_Series]]) -> Metric:
     spec, entries = data
     labels = ["target", *spec.labels]
@@ -193,22 +233,10 @@ def _tier_family(data: tuple[MetricSpec, list[_Series]]) -> Metric:
     return family
 
 
-class _OneFamily:
-    """A registry-shaped view of one family, so that generate_latest formats it alone."""
-
-    __slots__ = ("family",)
-
-    def __init__(self, family: Metric) -> None:
-        self.family = family
-
-    def collect(self) -> tuple[Metric]:
-        return (self.family,)
-
-
 class MetricsPage:
-    def __init__(self, store: Store, specs: Mapping[str, Iterable[MetricSpec]]) -> None:
+    def __init__(self, store: Store, specs: Specs, deliveries: CountDeliveries | None = None) -> None:
         self._store = store
-        self._collector = StoreCollector(store, specs)
+        self._collector = StoreCollector(store, specs, deliveries)
         self._lock = threading.Lock()
         self._cached: tuple[int, bytes] = (-1, b"")
         # family name -> (family, its text) as of the last render; the collector yields the same
@@ -226,8 +254,35 @@ class MetricsPage:
         texts, parts = {}, []
         for family in self._collector.collect():
             last = self._texts.get(family.name)
-            text = last[1] if last is not None and last[0] is family else generate_latest(_OneFamily(family))  # type: ignore[arg-type]
+            text = last[1] if last is not None and last[0] is family else family_text(family)
             texts[family.name] = (family, text)
             parts.append(text)
         self._texts = texts
         return b"".join(parts)
+
+
+def family_text(family: Metric) -> bytes:
+    """The family in the text exposition format, byte for byte what prometheus_client's
+    generate_latest writes for a gauge or counter family. Formatted here because generate_latest
+    checks every label name against a regular expression on every line, the larger part of a
+    render; the names here were fixed when the metrics were declared."""
+    name = f"{family.name}_total" if family.type == "counter" else family.name
+    lines = [f"# HELP {name} {_escape_help(family.documentation)}\n# TYPE {name} {family.type}\n"]
+    for sample in family.samples:
+        value = floatToGoString(sample.value)
+        if sample.labels:
+            labels = ",".join(
+                f'{key}="{_escape_label_value(text)}"' for key, text in sorted(sample.labels.items())
+            )
+            lines.append(f"{sample.name}{{{labels}}} {value}\n")
+        else:
+            lines.append(f"{sample.name} {value}\n")
+    return "".join(lines).encode()
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label_value(text: str) -> str:
+    return _escape_help(text).replace('"', '\\"')

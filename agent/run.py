@@ -65,7 +65,8 @@ class Pipeline:
         scheduler = Scheduler(runners, config.interval)
         sender = alertmanager_sender(config)
         scheduler.add_job(AlertingJob(store, rules, sender.notify if sender else None).run_cycle, "alerting")
-        page = MetricsPage(store, {collector.name: collector.metrics for collector in collectors})
+        specs = {collector.name: collector.metrics for collector in collectors}
+        page = MetricsPage(store, specs, sender.deliveries if sender else None)
         return cls(config, store, page, scheduler, sender)
 
     def alerts(self) -> list[dict[str, Any]]:

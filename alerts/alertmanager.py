@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from alerts.lifecycle import Alert, AlertKey, State
 from alerts.present import describe_evidence, rfc3339
@@ -39,9 +40,28 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
         response.read()
 
 
+def without_credentials(url: str) -> str:
+    """The URL as it may be shown in a metric label: no user or password."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """Counts since start, for /metrics: alerts in successful and in failed posts per Alertmanager
+    (by URL without credentials), and resolutions dropped because the queue was full."""
+
+    sent: tuple[tuple[str, int], ...]
+    failed: tuple[tuple[str, int], ...]
+    dropped: int
+
+
 @dataclass
 class _Endpoint:
     url: str
+    shown_as: str
+    alerts_sent: int = 0
+    alerts_failed: int = 0
     last_sent: float | None = None
     sent_keys: frozenset[tuple[AlertKey, str]] = frozenset()
     failures: int = 0
@@ -62,7 +82,11 @@ class AlertmanagerSender:
         post: Post = post_json,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._endpoints = [_Endpoint(url.rstrip("/") + "/api/v2/alerts") for url in urls]
+        self._endpoints = [
+            _Endpoint(url.rstrip("/") + "/api/v2/alerts", without_credentials(url.rstrip("/")))
+            for url in urls
+        ]
+        self._dropped = 0
         self._resend = resend_interval
         self._ends_after = 4 * max(interval, resend_interval)
         self._timeout = timeout
@@ -100,7 +124,15 @@ class AlertmanagerSender:
                 : max(0, overflow)
             ]:
                 del self._resolved[key]  # a full queue drops the oldest resolutions first
+                self._dropped += 1
         self._wake.set()
+
+    def deliveries(self) -> Deliveries:
+        return Deliveries(
+            sent=tuple((endpoint.shown_as, endpoint.alerts_sent) for endpoint in self._endpoints),
+            failed=tuple((endpoint.shown_as, endpoint.alerts_failed) for endpoint in self._endpoints),
+            dropped=self._dropped,
+        )
 
     def send_due(self) -> None:
         """One pass over the endpoints: send to those whose alerts changed, are due a re-send, or are
@@ -125,6 +157,7 @@ class AlertmanagerSender:
         try:
             self._post(endpoint.url, body, self._timeout)
         except (OSError, urllib.error.URLError, ValueError) as error:
+            endpoint.alerts_failed += len(alerts)
             endpoint.failures += 1
             backoff = min(MAX_BACKOFF_SECONDS, self._resend, 2.0 ** (endpoint.failures - 1))
             endpoint.retry_at = now + backoff
@@ -135,6 +168,7 @@ class AlertmanagerSender:
                 )
                 endpoint.reported = str(problem)
             return
+        endpoint.alerts_sent += len(alerts)
         if endpoint.failures:
             log.info("alerts delivered to %s again", endpoint.url)
         endpoint.failures, endpoint.retry_at, endpoint.reported = 0, 0.0, None

@@ -21,8 +21,9 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent.exporter import MetricsPage, StoreCollector
+from agent.exporter import MetricsPage, StoreCollector, family_text
 from agent.http import AgentServer, _Handler
 from agent.scheduler import CollectorRunner, Scheduler
 from agent.store import Store
@@ -177,6 +178,32 @@ def fresh_render(store: Store, specs: dict[str, tuple[MetricSpec, ...]]) -> byte
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store, specs))
     return generate_latest(registry)
+
+
+class OneFamily:
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> list[Metric]:
+        return [self.family]
+
+
+def test_family_text_is_what_prometheus_client_writes() -> None:
+    odd = GaugeMetricFamily(
+        "tierwatch_test_odd", "Help with a \\ backslash\nand a newline.", labels=["target", "path"]
+    )
+    texts = ["/plain", 'a " quote', "a \\ backslash", "a \n newline", "ünïcödé", ""]
+    values = [0, -0.0, 1e-9, 1.5e300, 2**53 + 1, float("nan"), float("inf"), float("-inf"), 0.1]
+    for text, value in zip(texts, values, strict=False):
+        odd.add_metric(["a", text], value)
+    counter = CounterMetricFamily("tierwatch_test_events_total", "Events.", labels=["kind"])
+    counter.add_metric(["x"], 3)
+    unlabelled = GaugeMetricFamily("tierwatch_test_plain", "No labels.", value=7.25)
+    empty = GaugeMetricFamily("tierwatch_test_none_yet", "No series.", labels=["target"])
+    for family in (odd, counter, unlabelled, empty):
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(OneFamily(family))  # type: ignore[arg-type]
+        assert family_text(family) == generate_latest(registry), family.name
 
 
 def firing(rule_index: int, target: str) -> Alert:

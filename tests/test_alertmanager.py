@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,40 @@ def test_unreachable_alertmanager_is_retried_with_backoff() -> None:
     assert len(post.posts) == 1
 
 
+def test_deliveries_are_counted_per_alertmanager_without_credentials() -> None:
+    post, clock = Recorder(), Clock()
+    out = sender(post, clock, ("http://tierwatch:s3cret-pass@am-a:9093/", "http://am-b:9093"))
+    post.failing = True
+    out.notify([alert(State.FIRING)], [])
+    out.send_due()  # both fail
+    post.failing = False
+    clock.now += 1
+    out.send_due()  # both succeed
+    deliveries = out.deliveries()
+    assert deliveries.sent == (("http://am-a:9093", 1), ("http://am-b:9093", 1))
+    assert deliveries.failed == (("http://am-a:9093", 1), ("http://am-b:9093", 1))
+    assert deliveries.dropped == 0
+    assert post.posts[0][0] == "http://tierwatch:s3cret-pass@am-a:9093/api/v2/alerts"  # still used to post
+
+
+def test_resolutions_dropped_from_a_full_queue_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("alerts.alertmanager.MAX_ALERTS", 2)
+    out = sender(Recorder(), Clock())
+    resolved = [
+        Alert(
+            replace(verdict, target=f"node-{n}"),
+            State.RESOLVED,
+            100.0,
+            100.0,
+            fired_at=100.0,
+            resolved_at=900.0,
+        )
+        for n, verdict in enumerate([alert(State.RESOLVED).verdict] * 5)
+    ]
+    out.notify([], resolved)
+    assert out.deliveries().dropped == 3
+
+
 def test_real_alertmanager_receives_and_resolves(alertmanager: Alertmanager) -> None:
     out = AlertmanagerSender(
         (alertmanager.url,), 1.0, 1.0, timeout=2.0, static_labels={}, runbook_base_url=""
@@ -233,6 +268,10 @@ def test_agent_raises_and_resolves_through_alertmanager(
             "tier": "host",
         }
         assert value(series, "tierwatch_alert", **labels, target="node-a") == 1
+        sent = value(series, "tierwatch_alertmanager_alerts_sent_total", alertmanager=alertmanager.url)
+        assert sent is not None
+        assert sent >= 1
+        assert value(series, "tierwatch_alertmanager_alerts_failed_total", alertmanager=alertmanager.url) == 0
         switch(live_proc, "no-psi")  # the host calms down
         wait_until(lambda: alertmanager.webhook.statuses("MemorySwapping")[-1:] == ["resolved"], "resolution")
         assert json.loads(http_get(f"{agent.url}/api/v1/alerts")[1]) == []

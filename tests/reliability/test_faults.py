@@ -52,7 +52,7 @@ from tests.reliability import (
     success_gaps,
 )
 from tests.scenarios import quiet_host
-from tests.support import AgentProcess, http_get, require_tool
+from tests.support import AgentProcess, http_get, require_tool, value
 
 # Also checked for the whole module: no fault makes the agent open a second connection to a database.
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
@@ -440,12 +440,22 @@ def test_kubernetes_api_hanging(stack: Stack) -> None:
 
 def test_alertmanager_down_and_back(stack: Stack) -> None:
     """An alert that starts firing while Alertmanager is down reaches it once it is back, and the
-    alerts it held before are sent again with their original start. The agent has no collector (and
-    no series) for Alertmanager: the outage is reported in its log."""
+    alerts it held before are sent again with their original start. The outage is reported in the
+    log and in tierwatch_alertmanager_alerts_failed_total (Alertmanager has no collector of its own)."""
     before = stack.wait_steady(BASELINE)
     mark = time.monotonic()
     log_start = len(stack.agent.log())
     failed = re.compile(rf"sending \d+ alerts to {re.escape(stack.alertmanager.url)}/api/v2/alerts failed: ")
+
+    def failed_alerts() -> float:
+        series = stack.agent.metrics()
+        count = value(
+            series, "tierwatch_alertmanager_alerts_failed_total", alertmanager=stack.alertmanager.url
+        )
+        assert count is not None
+        return count
+
+    failed_before = failed_alerts()
 
     def arrival() -> float | None:
         for at, alert in stack.inbox.since(mark):
@@ -461,6 +471,7 @@ def test_alertmanager_down_and_back(stack: Stack) -> None:
         try:
             stack.agent.wait_for(lambda: failed.search(stack.agent.log()[log_start:]), "a failed delivery", 5)
             reported_after = time.monotonic() - caused
+            stack.agent.wait_for(lambda: failed_alerts() > failed_before, "failed alerts counted", 5)
             with redis_holders(stack.redis):
                 stack.agent.wait_for(lambda: REDIS_FULL in stack.firing(), "the new alert", ALERT_TIMEOUT)
                 time.sleep(max(0.0, caused + HOLD - time.monotonic()))
