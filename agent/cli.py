@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config, ConfigError
 from agent.redact import ScrubbingFilter
 
 EXIT_OK, EXIT_FOUND, EXIT_CANNOT_RUN = 0, 1, 2
@@ -46,16 +46,25 @@ def setup_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def resolve_config(path: Path | None, listen: str | None = None) -> Config:
-    """The config file, or with none the embedded default: this host plus what answers locally."""
+def resolve_config(path: Path | None, listen: str | None = None, *, isolated: bool = False) -> Config:
+    """The config file, or with none the embedded default: this host plus what answers locally.
+    ``isolated`` checks it in a child process, for the long-running agent (agent/config/isolated.py)."""
     environ = dict(os.environ)
     if listen is not None:
         environ["TIERWATCH_LISTEN"] = listen
-    if path is not None:
-        return load_config(path, environ)
-    from agent.detect import detect_local
+    base = None
+    if path is None:
+        from agent.detect import detect_local
 
-    return load_config(None, environ, base=detect_local())
+        base = detect_local()
+    # Imported where used: the long-running agent never loads YAML or pydantic itself.
+    if isolated:
+        from agent.config.isolated import load_config_isolated
+
+        return load_config_isolated(path, environ, base)
+    from agent.config.loader import load_config
+
+    return load_config(path, environ, base=base)
 
 
 def print_rules(config: Config) -> int:
@@ -79,12 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.run import run_agent
 
             def load() -> Config:
-                return resolve_config(args.config, args.listen)
+                return resolve_config(args.config, args.listen, isolated=True)
 
             return run_agent(load(), load)
 
         if args.command == "rules":
-            return print_rules(load_config(args.config) if args.config else load_config(None))
+            from agent.config.loader import load_config
+
+            return print_rules(load_config(args.config))
         from agent.check import run_check
 
         return run_check(resolve_config(args.config), args.duration, as_json=args.json)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.alerting import configured_rules
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError
+from agent.config.loader import load_config
 from alerts.classifier import Verdict, classify
 from alerts.conditions import Compare, NotTrue, WhenPresent, all_of, any_of
 from alerts.lifecycle import AlertTracker, State

@@ -19,7 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.config import Config, ConfigError
+from agent.config import ConfigError
+from agent.config.loader import validate_config
 from collectors.app import AppCollector, build
 from collectors.app.histogram import histogram_quantile
 from collectors.app.process import ProcessUsage
@@ -32,7 +33,7 @@ REQUESTS, LATENCY = "http_requests_total", "http_request_duration_seconds"
 
 
 def app_collector(**entry: Any) -> AppCollector:
-    config = Config.model_validate({"interval": 2, "app": [{"name": "shop-web", **entry}]})
+    config = validate_config({"interval": 2, "app": [{"name": "shop-web", **entry}]})
     return build(config, config.app[0])
 
 

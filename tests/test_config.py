@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from agent.config import ConfigError, load_config
-from tests.support import REPO
+from agent.config import ConfigError
+from agent.config.isolated import load_config_isolated
+from agent.config.loader import load_config
+from tests.support import REPO, AgentProcess
 
 SECRET = "Sup3r-S3cret-pw"
 GOOD = f"""
@@ -79,13 +81,58 @@ def test_good_file(tmp_path: Path) -> None:
     assert config.rules["DatabaseBound"].for_ == 30
     assert config.rules["DatabaseBound"].thresholds == {"load_per_vcpu": 0.8}
     assert SECRET not in repr(config)
-    assert SECRET not in str(config.model_dump())
+    assert SECRET not in str(dataclasses.asdict(config))
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GOOD), environ={})
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.interval = 1  # type: ignore[misc]
+
+
+def test_child_process_gives_the_same_config(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    environ = {
+        "PATH": "/usr/bin:/bin",
+        "TIERWATCH_INTERVAL": "7",
+        "TIERWATCH_REDIS__CACHE2__URL": "redis://h:6380/0",
+    }
+    isolated = load_config_isolated(path, environ)
+    assert isolated == load_config(path, environ)
+    assert isolated.interval == 7.0
+    assert isinstance(isolated.interval, float)
+    assert isolated.postgres[0].dsn.get_secret_value().endswith(SECRET)
+    base = {"postgres": [{"name": "local", "dsn": "host=/run/postgresql"}]}
+    assert load_config_isolated(None, {}, base) == load_config(None, {}, base=base)
+
+
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        ("interval: 0\n", ["interval: must be greater than 0"]),
+        (
+            "bogus: 1\nhost: {enabled: maybe}\n",
+            ["bogus: unknown key", "host.enabled: Input should be a valid boolean"],
+        ),
+    ],
+)
+def test_child_process_reports_what_is_wrong(tmp_path: Path, text: str, problems: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as in_process:
+        load_config(path, {})
+    with pytest.raises(ConfigError) as isolated:
+        load_config_isolated(path, {})
+    assert str(isolated.value) == str(in_process.value)
+    for problem in problems:
+        assert problem in str(isolated.value)
+
+
+def test_running_agent_never_loads_pydantic_or_yaml(tmp_path: Path) -> None:
+    with AgentProcess(tmp_path, {"interval": 1, "host": {}}) as agent:
+        assert agent.process is not None
+        maps = Path(f"/proc/{agent.process.pid}/maps").read_text()
+    assert "pydantic" not in maps
+    assert "_yaml" not in maps
 
 
 def test_environment_overrides_fields_and_entries(tmp_path: Path) -> None:
@@ -124,8 +171,8 @@ def test_password_file(tmp_path: Path) -> None:
         ("host:\n  procf: /proc\n", "host.procf: unknown key"),
         ("redis:\n  - name: r\n    urll: redis://x\n", "redis[0].urll: unknown key"),
         ("interval: often\n", "interval: Input should be a valid number"),
-        ("interval: -1\n", "interval: Input should be greater than 0"),
-        ("listen: nowhere\n", "listen: listen must be HOST:PORT"),
+        ("interval: -1\n", "interval: must be greater than 0"),
+        ("listen: nowhere\n", "listen: must be HOST:PORT"),
         ("postgres:\n  - name: p\n", "postgres[0].dsn: required key is missing"),
         ("redis:\n  - name: r\n    password_file: /nonexistent/pw\n", "password_file /nonexistent/pw"),
         ("rules:\n  DatabaseBoundd: {}\n", "unknown rule DatabaseBoundd"),

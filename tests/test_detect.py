@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import detect
-from agent.config import load_config
+from agent.config.loader import load_config
 from tests.fixtures.postgres_server import PostgresServer
 from tests.fixtures.redis_server import RedisServer
 from tests.support import free_port

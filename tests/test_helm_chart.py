@@ -19,7 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.config import Config, load_config
+from agent.config import Config
+from agent.config.loader import load_config
 from tests.support import REPO, require_tool
 
 CHART = REPO / "helm" / "tierwatch"

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import Config, ConfigError
+from agent.config import ConfigError
+from agent.config.loader import validate_config
 from collectors.base import CollectorError, Reason, Sample
 from collectors.kubernetes import KubernetesCollector, build
 from tests.fixtures.app_server import AppServer, LoadPlan, run_load
@@ -32,7 +33,7 @@ def kube_collector(tmp_path: Path, server: KubeApiServer, **settings: Any) -> Ku
     timeout = settings.pop("timeout", 2.0)
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", settings.pop("token", TOKEN))
     section = {"enabled": True, "kubeconfig": str(kubeconfig), "namespace": NAMESPACE, **settings}
-    config = Config.model_validate({"timeout": timeout, "kubernetes": section})
+    config = validate_config({"timeout": timeout, "kubernetes": section})
     return build(config, config.kubernetes)
 
 
@@ -248,7 +249,7 @@ def test_wrong_token_and_unreachable_server(tmp_path: Path, kube_api: KubeApiSer
     (tmp_path / "closed").mkdir()
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "closed" / "kubeconfig")
     kubeconfig.write_text(kubeconfig.read_text().replace(kube_api.url, f"http://127.0.0.1:{free_port()}"))
-    config = Config.model_validate({"kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)}})
+    config = validate_config({"kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)}})
     with pytest.raises(CollectorError) as error:
         build(config, config.kubernetes).collect()
     assert error.value.reason is Reason.UNREACHABLE
@@ -263,7 +264,7 @@ def test_malformed_objects_are_parse_errors(tmp_path: Path, kube_api: KubeApiSer
 
 
 def test_unusable_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
-    config = Config.model_validate({"kubernetes": {"enabled": True, "kubeconfig": str(tmp_path / "none")}})
+    config = validate_config({"kubernetes": {"enabled": True, "kubeconfig": str(tmp_path / "none")}})
     with pytest.raises(ConfigError, match="kubernetes: cannot use the kubeconfig"):
         build(config, config.kubernetes)
 

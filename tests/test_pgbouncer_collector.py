@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.config.model import Config
+from agent.config.loader import validate_config
 from collectors.base import CollectorError, Reason
 from collectors.pgbouncer import PgBouncerCollector, build
 from tests.fixtures.pgbouncer_server import (
@@ -34,7 +34,7 @@ def make(pgbouncer_server: PgBouncerServer) -> Iterator[MakeCollector]:
             "dsn": pgbouncer_server.dsn(),
             "password": password or pgbouncer_server.passwords[STATS_USER],
         }
-        config = Config(interval=2, pgbouncer=[entry])
+        config = validate_config({"interval": 2, "pgbouncer": [entry]})
         made.append(build(config, config.pgbouncer[0]))
         return made[-1]
 

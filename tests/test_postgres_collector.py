@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from agent.config.model import Config
+from agent.config.loader import validate_config
 from collectors.base import Sample
 from collectors.postgres import PostgresCollector, build
 from tests.fixtures.postgres_server import (
@@ -46,7 +46,7 @@ def make(postgres_server: PostgresServer) -> Iterator[MakeCollector]:
             "dsn": postgres_server.dsn(user, dbname),
             "password": postgres_server.passwords[user],
         }
-        config = Config(interval=2, postgres=[entry])
+        config = validate_config({"interval": 2, "postgres": [entry]})
         made.append(build(config, config.postgres[0]))
         return made[-1]
 
@@ -320,7 +320,7 @@ def test_targets_of_one_server_report_each_database_once(
             ("stats", UNPRIVILEGED_ROLE, stats_database),
         )
     ]
-    config = Config(interval=2, postgres=entries)
+    config = validate_config({"interval": 2, "postgres": entries})
     collectors = [build(config, entry) for entry in config.postgres]
     try:
         main, stats = (collector.collect() for collector in collectors)

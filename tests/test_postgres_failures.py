@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from agent.config.model import Config
+from agent.config.loader import validate_config
 from collectors.base import CollectorError, Reason
 from collectors.postgres import PostgresCollector, build
 from collectors.postgres.session import query_error
@@ -34,7 +34,7 @@ def collector(postgres_server: PostgresServer) -> Iterator[PostgresCollector]:
         "dsn": postgres_server.dsn(),
         "password": postgres_server.passwords[MONITOR_ROLE],
     }
-    config = Config(interval=2, postgres=[entry])
+    config = validate_config({"interval": 2, "postgres": [entry]})
     built = build(config, config.postgres[0])
     yield built
     built.close()
@@ -86,7 +86,7 @@ def test_server_errors_map_to_reasons(postgres_server: PostgresServer) -> None:
 
 def test_wrong_password_is_auth_and_never_repeated(postgres_server: PostgresServer) -> None:
     entry = {"name": "main", "dsn": postgres_server.dsn(), "password": WRONG_PASSWORD}
-    config = Config(interval=2, postgres=[entry])
+    config = validate_config({"interval": 2, "postgres": [entry]})
     collector = build(config, config.postgres[0])
     first, again = failure(collector), failure(collector)
     assert first.reason is Reason.AUTH

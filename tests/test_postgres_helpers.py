@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import ConfigError
-from agent.config.model import Config
+from agent.config.loader import validate_config
 from collectors.postgres import build, database_share, local_vcpus
 from collectors.postgres.bounded import OTHER, fold, largest, top_n
 from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn, server
@@ -76,7 +76,7 @@ def test_endpoint_names_no_secret() -> None:
 
 
 def shares(*dsns: str) -> list[DatabaseShare]:
-    config = Config(postgres=[{"name": f"t{i}", "dsn": dsn} for i, dsn in enumerate(dsns)])
+    config = validate_config({"postgres": [{"name": f"t{i}", "dsn": dsn} for i, dsn in enumerate(dsns)]})
     return [
         database_share(config, entry, parse_dsn(entry.dsn.get_secret_value())) for entry in config.postgres
     ]
@@ -121,7 +121,7 @@ def test_a_bad_dsn_is_a_config_error_that_does_not_echo_it() -> None:
     with pytest.raises(ValueError, match="not a valid connection string") as caught:
         parse_dsn("host=db password='s3cret-pw")
     assert "s3cret" not in str(caught.value)
-    config = Config(postgres=[{"name": "orders", "dsn": "host=db bogus_option=s3cret-pw"}])
+    config = validate_config({"postgres": [{"name": "orders", "dsn": "host=db bogus_option=s3cret-pw"}]})
     with pytest.raises(ConfigError, match="postgres orders: dsn is not a valid") as refused:
         build(config, config.postgres[0])
     assert "s3cret" not in str(refused.value)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.config.model import Config
+from agent.config.loader import validate_config
 from collectors.base import Sample
 from collectors.postgres import PostgresCollector, build
 from tests.fixtures.postgres_server import MONITOR_ROLE, PostgresServer, owned_temp_dir
@@ -33,7 +33,7 @@ def standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
 
 def collector_of(server: PostgresServer) -> PostgresCollector:
     entry = {"name": "main", "dsn": server.dsn(), "password": server.passwords[MONITOR_ROLE]}
-    config = Config(interval=2, postgres=[entry])
+    config = validate_config({"interval": 2, "postgres": [entry]})
     return build(config, config.postgres[0])
 
 

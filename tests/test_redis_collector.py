@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from pydantic import SecretStr
 
-from agent.config.model import Config, RedisTarget
+from agent.config.model import Config, RedisTarget, Secret
 from collectors.base import CollectorError, Reason, Sample
 from collectors.redis import RedisCollector, build, open_connection
 from tests.fixtures.redis_server import RedisServer, RedisServers
@@ -56,9 +55,7 @@ def make_collector(clock: FakeClock) -> Iterator[MakeCollector]:
     made: list[RedisCollector] = []
 
     def make(url: str, password: str | None = None, timeout: float = 2.0) -> RedisCollector:
-        entry = RedisTarget(
-            name="cache", url=SecretStr(url), password=SecretStr(password) if password else None
-        )
+        entry = RedisTarget(name="cache", url=Secret(url), password=Secret(password) if password else None)
         connection, address = open_connection(entry, timeout)
         collector = RedisCollector("cache", connection, address=address, first_backoff=1.0, clock=clock)
         made.append(collector)
@@ -487,7 +484,7 @@ def test_last_bgsave_status(redis_servers: RedisServers, make_collector: MakeCol
 
 
 def test_build_uses_one_named_connection(redis_server: RedisServer) -> None:
-    collector = build(Config(interval=2), RedisTarget(name="cache", url=SecretStr(redis_server.url)))
+    collector = build(Config(interval=2), RedisTarget(name="cache", url=Secret(redis_server.url)))
     try:
         assert collector.describe() == f"redis cache at 127.0.0.1:{redis_server.port}"
         connections = redis_server.info("stats")["total_connections_received"]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import SecretStr
 
 from agent.config import ConfigError
-from agent.config.model import Config, RedisTarget
+from agent.config.model import Config, RedisTarget, Secret
 from collectors.base import CollectorError, Reason
 from collectors.redis import build, open_connection
 from collectors.redis.info import (
@@ -164,23 +163,21 @@ def test_backoff_doubles_up_to_its_maximum_and_resets() -> None:
 
 
 def test_address_for_logs_has_no_password() -> None:
-    entry = RedisTarget(name="cache", url=SecretStr("redis://monitor:pa55-word@10.0.0.5:6380/2"))
+    entry = RedisTarget(name="cache", url=Secret("redis://monitor:pa55-word@10.0.0.5:6380/2"))
     collector = build(Config(interval=5), entry)
     assert collector.describe() == "redis cache at monitor@10.0.0.5:6380"
     connection, address = open_connection(
-        RedisTarget(name="tls", url=SecretStr("rediss://cache.example:6390")), timeout=1.0
+        RedisTarget(name="tls", url=Secret("rediss://cache.example:6390")), timeout=1.0
     )
     assert address == "cache.example:6390 (TLS)"
     assert connection.db == 0
-    assert open_connection(RedisTarget(name="sock", url=SecretStr("unix:///run/redis.sock")), 1.0)[1] == (
+    assert open_connection(RedisTarget(name="sock", url=Secret("unix:///run/redis.sock")), 1.0)[1] == (
         "unix:/run/redis.sock"
     )
 
 
 def test_password_file_overrides_the_url_password() -> None:
-    entry = RedisTarget(
-        name="cache", url=SecretStr("redis://:from-url@127.0.0.1:6379"), password=SecretStr("file")
-    )
+    entry = RedisTarget(name="cache", url=Secret("redis://:from-url@127.0.0.1:6379"), password=Secret("file"))
     connection, _ = open_connection(entry, timeout=1.0)
     assert connection.password == "file"
 
@@ -194,5 +191,5 @@ def test_password_file_overrides_the_url_password() -> None:
 )
 def test_unusable_url_is_a_config_error_without_the_password(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
-        build(Config(), RedisTarget(name="cache", url=SecretStr(url)))
+        build(Config(), RedisTarget(name="cache", url=Secret(url)))
     assert "secret-pass" not in str(raised.value)

@@ -1,6 +1,6 @@
-"""Configuration: the frozen model of the contract and its loader."""
+"""Configuration: the frozen model of the contract (model), its loader (loader: YAML, environment,
+validation with pydantic) and the child-process loading of the running agent (isolated)."""
 
-from agent.config.loader import ConfigError, load_config
-from agent.config.model import Config
+from agent.config.model import Config, ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError"]

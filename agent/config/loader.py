@@ -9,23 +9,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
-from agent.config.model import Config
+from agent.config.model import LIST_SECTIONS, Config, ConfigError
 from alerts.names import ALERT_NAMES
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter, ValidationError
 
 ENV_PREFIX = "TIERWATCH_"
 # Variables that steer the CLI rather than override a config field.
 NOT_FIELDS = frozenset({"TIERWATCH_CONFIG", "TIERWATCH_LOG_LEVEL"})
-LIST_SECTIONS = frozenset({"postgres", "pgbouncer", "redis", "app"})
 _ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message lists every problem found."""
+RULE_KEYS = {"enabled": "enabled", "for": "for_", "keep_firing_for": "keep_firing_for"}
+_adapter: list[TypeAdapter[Config]] = []
 
 
 def load_config(
@@ -34,11 +35,73 @@ def load_config(
     """The file at ``path`` (or ``base``, the embedded default, when there is none) plus overrides."""
     raw = _read_yaml(path) if path is not None else _copy(dict(base or {}))
     raw = apply_environment(raw, os.environ if environ is None else environ)
+    return validate_config(raw, str(path) if path is not None else "configuration")
+
+
+def validate_config(raw: Mapping[str, Any], origin: str = "configuration") -> Config:
+    """The checked Config of a raw mapping (as read from YAML), or a ConfigError naming every problem."""
+    # Imported here, not at the top: the running agent validates in a child process and must not
+    # carry pydantic (agent/config/isolated.py).
+    from pydantic import TypeAdapter, ValidationError
+
+    if not _adapter:
+        _adapter.append(TypeAdapter(Config))
     try:
-        return Config.model_validate(raw)
+        return _adapter[0].validate_python(_prepared(raw, origin))
     except ValidationError as error:
-        origin = str(path) if path is not None else "configuration"
         raise ConfigError(f"{origin}: {describe_errors(error)}") from None
+
+
+def _prepared(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """What dataclass validation cannot do itself: read password files into ``password`` and gather
+    each rule override's thresholds from its other keys."""
+    prepared = dict(raw)
+    for section in ("postgres", "pgbouncer", "redis"):
+        entries = prepared.get(section)
+        if isinstance(entries, list):
+            prepared[section] = [
+                _with_password_file(entry, f"{origin}: {section}[{index}]")
+                for index, entry in enumerate(entries)
+            ]
+    rules = prepared.get("rules")
+    if isinstance(rules, dict):
+        prepared["rules"] = {
+            name: _rule_override(override, f"{origin}: rules.{name}") for name, override in rules.items()
+        }
+    return prepared
+
+
+def _with_password_file(entry: Any, where: str) -> Any:
+    if not isinstance(entry, dict) or not entry.get("password_file"):
+        return entry
+    path = Path(str(entry["password_file"]))
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(f"{where}: password_file {path}: {error.strerror or error}") from None
+    return {**entry, "password": secret}
+
+
+def _rule_override(override: Any, where: str) -> Any:
+    if not isinstance(override, dict):
+        return override
+    fields = {RULE_KEYS[key]: value for key, value in override.items() if key in RULE_KEYS}
+    thresholds = {
+        key: _threshold(value, key, where) for key, value in override.items() if key not in RULE_KEYS
+    }
+    return {**fields, "thresholds": thresholds} if thresholds else fields
+
+
+def _threshold(value: Any, key: str, where: str) -> float:
+    """Environment variables give thresholds as text: "0.8" means 0.8."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: threshold {key!r} must be a number")
+    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -66,12 +129,16 @@ def describe_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors(include_input=False, include_url=False):
         where = _location(item["loc"])
-        if item["type"] == "extra_forbidden":
+        if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"{where}: unknown key")
-        elif item["type"] == "missing":
+        elif item["type"] in ("missing", "missing_keyword_argument"):
             lines.append(f"{where}: required key is missing")
+        elif item["type"] == "value_error":
+            # A model's own check; its message starts with the key it is about.
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}.{message}" if item["loc"] else message)
         else:
-            lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+            lines.append(f"{where}: {item['msg']}")
     return "; ".join(lines)
 
 

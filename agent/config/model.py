@@ -1,186 +1,220 @@
-"""The configuration contract: frozen models that reject unknown keys by name."""
+"""The configuration contract: frozen dataclasses that pydantic validates, unknown keys rejected by name.
+
+They are plain dataclasses rather than pydantic models so that the running agent never imports
+pydantic, which with its schemas would be about 18 MiB of the agent's memory: ``tierwatch run``
+validates in a child process (agent/config/isolated.py) and rebuilds these from the child's checked
+output. Checks beyond types run in ``__post_init__`` (pydantic reports their ValueError with the
+entry's place in the file, and the message names the key).
+"""
 
 from __future__ import annotations
 
 import re
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Self
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from alerts.names import ALERT_NAMES
 
-Seconds = Annotated[float, Field(gt=0)]
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import CoreSchema
+
+NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+LIST_SECTIONS = ("postgres", "pgbouncer", "redis", "app")
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ConfigError(Exception):
+    """The configuration cannot be used; the message lists every problem found."""
 
 
-def _read_password_file(data: Any) -> Any:
-    """Turns ``password_file`` into ``password`` before validation; the file's path stays for the log."""
-    if not isinstance(data, dict) or not data.get("password_file"):
-        return data
-    path = Path(str(data["password_file"]))
-    try:
-        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as error:
-        raise ValueError(f"password_file {path}: {error.strerror or error}") from None
-    return {**data, "password": secret}
+class Secret:
+    """A password, DSN or URL that may hold one: shown as asterisks, read with get_secret_value()."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # Only ever called where pydantic validates, so its core is imported there and nowhere else.
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(
+            cls,
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(cls.get_secret_value),
+        )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Section:
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+    # Fields that must be above zero, or at least zero, when set.
+    positive: ClassVar[tuple[str, ...]] = ()
+    not_negative: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be greater than 0")
+        for name in self.not_negative:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: must not be negative")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Target(Section):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    name: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not NAME.fullmatch(self.name):
+            raise ValueError(f"name {self.name!r}: use letters, digits and _ . : - (it is the target label)")
 
 
+@dataclass(frozen=True, kw_only=True)
 class SecretTarget(Target):
-    password: SecretStr | None = None
+    password: Secret | None = None
+    # Read by the loader into ``password`` before validation; the path stays for the log.
     password_file: Path | None = None
 
-    _password_from_file = model_validator(mode="before")(_read_password_file)
 
-
+@dataclass(frozen=True, kw_only=True)
 class PostgresTarget(SecretTarget):
-    dsn: SecretStr
-    vcpus: Annotated[int, Field(gt=0)] | None = None
+    positive = ("vcpus",)
+    dsn: Secret
+    vcpus: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class PgBouncerTarget(SecretTarget):
-    dsn: SecretStr
+    dsn: Secret
 
 
+@dataclass(frozen=True, kw_only=True)
 class RedisTarget(SecretTarget):
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
 
 
+@dataclass(frozen=True, kw_only=True)
 class AppTarget(Target):
+    positive = ("pool_size",)
     # A regular expression searched in process names, then in command lines.
     process: str | None = None
     metrics_url: str | None = None
     requests_metric: str | None = None
     latency_metric: str | None = None
-    pool_size: Annotated[int, Field(gt=0)] | None = None
+    pool_size: int | None = None
     hpa: str | None = None
 
-    @field_validator("process")
-    @classmethod
-    def _process_is_a_pattern(cls, value: str | None) -> str | None:
-        if value is not None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.process is not None:
             try:
-                re.compile(value)
+                re.compile(self.process)
             except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from None
-        return value
+                raise ValueError(f"process: not a valid regular expression: {error}") from None
 
 
+@dataclass(frozen=True, kw_only=True)
 class HostSection(Section):
     enabled: bool = True
-    name: str = Field(default_factory=socket.gethostname, min_length=1)
+    name: str = field(default_factory=socket.gethostname)
     # A DaemonSet mounts the node's /proc and /sys under /host.
     procfs: Path = Path("/proc")
     sysfs: Path = Path("/sys")
     cgroupfs: Path = Path("/sys/fs/cgroup")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name:
+            raise ValueError("name: must not be empty")
 
+
+@dataclass(frozen=True, kw_only=True)
 class KubernetesSection(Section):
+    positive = ("new_pod_window",)
     enabled: bool = False
     kubeconfig: Path | None = None
     namespace: str = "default"
     hpas: tuple[str, ...] = ()
-    new_pod_window: Seconds = 600.0
+    new_pod_window: float = 600.0
 
 
+@dataclass(frozen=True, kw_only=True)
 class AlertmanagerSection(Section):
+    positive = ("resend_interval", "timeout")
     urls: tuple[str, ...] = ()
-    resend_interval: Seconds = 60.0
-    timeout: Seconds = 10.0
-    labels: dict[str, str] = Field(default_factory=dict)
+    resend_interval: float = 60.0
+    timeout: float = 10.0
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-def _number_or_text(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+@dataclass(frozen=True, kw_only=True)
+class RuleOverride(Section):
+    """``enabled``, ``for`` and ``keep_firing_for`` (seconds) plus the rule's own thresholds, which the
+    loader gathers from the entry's other keys; they are checked against the rule table at start."""
 
-
-class RuleOverride(BaseModel):
-    """``enabled``, ``for`` and ``keep_firing_for`` (seconds) plus the rule's own thresholds, checked
-    against the rule table at start."""
-
-    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
-
+    not_negative = ("for_", "keep_firing_for")
     enabled: bool = True
-    for_: float | None = Field(default=None, ge=0, alias="for")
-    keep_firing_for: float | None = Field(default=None, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _thresholds_from_text(cls, data: Any) -> Any:
-        """Environment variables give thresholds as text: "0.8" means 0.8."""
-        if not isinstance(data, dict):
-            return data
-        known = {"enabled", "for", "for_", "keep_firing_for"}
-        return {key: _number_or_text(value) if key not in known else value for key, value in data.items()}
-
-    @model_validator(mode="after")
-    def _thresholds_are_numbers(self) -> Self:
-        for key, value in (self.model_extra or {}).items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"threshold {key!r} must be a number")
-        return self
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        return {key: float(value) for key, value in (self.model_extra or {}).items()}
+    for_: float | None = None
+    keep_firing_for: float | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
 class Config(Section):
+    positive = ("interval", "timeout", "window")
     listen: str = "127.0.0.1:10090"
-    interval: Seconds = 5.0
+    interval: float = 5.0
     # A cycle that takes longer is abandoned and reported with reason "timeout"; default 0.8 x interval.
-    timeout: Seconds | None = None
+    timeout: float | None = None
     # How far back rules look ("replicas rose within the window"); the exported Prometheus rules use 15m.
-    window: Seconds = 900.0
+    window: float = 900.0
 
-    host: HostSection = Field(default_factory=HostSection)
+    host: HostSection = field(default_factory=HostSection)
     postgres: tuple[PostgresTarget, ...] = ()
     pgbouncer: tuple[PgBouncerTarget, ...] = ()
     redis: tuple[RedisTarget, ...] = ()
-    kubernetes: KubernetesSection = Field(default_factory=KubernetesSection)
+    kubernetes: KubernetesSection = field(default_factory=KubernetesSection)
     app: tuple[AppTarget, ...] = ()
-    alertmanager: AlertmanagerSection = Field(default_factory=AlertmanagerSection)
-    rules: dict[str, RuleOverride] = Field(default_factory=dict)
+    alertmanager: AlertmanagerSection = field(default_factory=AlertmanagerSection)
+    rules: dict[str, RuleOverride] = field(default_factory=dict)
     # Prefix of the runbook links in alerts; the runbooks are docs/alerts/<AlertName>.md in the repo.
     runbook_base_url: str = ""
 
-    @field_validator("listen")
-    @classmethod
-    def _listen_is_host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        host, sep, port = self.listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("listen must be HOST:PORT with a port from 1 to 65535")
-        return value if host else f"0.0.0.0:{port}"
-
-    @field_validator("rules")
-    @classmethod
-    def _rules_are_known(cls, value: dict[str, RuleOverride]) -> dict[str, RuleOverride]:
-        unknown = sorted(set(value) - set(ALERT_NAMES))
+            raise ValueError("listen: must be HOST:PORT with a port from 1 to 65535")
+        if not host:
+            object.__setattr__(self, "listen", f"0.0.0.0:{port}")
+        unknown = sorted(set(self.rules) - set(ALERT_NAMES))
         if unknown:
-            raise ValueError(f"unknown rule {', '.join(unknown)} (known: {', '.join(ALERT_NAMES)})")
-        return value
-
-    @model_validator(mode="after")
-    def _names_are_unique(self) -> Self:
-        for section in ("postgres", "pgbouncer", "redis", "app"):
+            raise ValueError(f"rules: unknown rule {', '.join(unknown)} (known: {', '.join(ALERT_NAMES)})")
+        for section in LIST_SECTIONS:
             names = [entry.name for entry in getattr(self, section)]
             duplicated = sorted({name for name in names if names.count(name) > 1})
             if duplicated:
                 raise ValueError(f"{section}: duplicate name {', '.join(duplicated)}")
-        return self
 
     @property
     def cycle_timeout(self) -> float:
