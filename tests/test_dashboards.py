@@ -62,6 +62,9 @@ SELF_METRICS: dict[str, frozenset[str]] = {
     "tierwatch_build_info": frozenset({"version"}),
     "tierwatch_alert": frozenset({"alertname", "alertstate", "severity", "tier", "target"}),
     "tierwatch_signal_value": frozenset({"signal", "target"}),
+    "tierwatch_alertmanager_alerts_sent_total": frozenset({"alertmanager"}),
+    "tierwatch_alertmanager_alerts_failed_total": frozenset({"alertmanager"}),
+    "tierwatch_alertmanager_alerts_dropped_total": frozenset(),
 }
 EXPORTED = {**TIER_METRICS, **SELF_METRICS}
 # Prometheus attaches these at scrape time.
@@ -341,7 +344,7 @@ def test_every_selector_follows_the_target_and_instance_variables(dashboard: Das
             found = matchers(selector)
             where = f"{dashboard['uid']} / {panel['title']}: {target['expr']}"
             assert Match("instance", promql_parser.MatchOp.Re, VARIABLES["instance"]) in found, where
-            # build_info is the only series without a target label.
+            # build_info and the Alertmanager delivery counters have no target label.
             if "target" in EXPORTED[selector.name]:
                 assert Match("target", promql_parser.MatchOp.Re, VARIABLES["target"]) in found, where
 
