@@ -75,9 +75,7 @@ def _hints(kind: type) -> dict[str, Any]:
 
 
 def _child() -> int:
-    from pydantic import TypeAdapter
-
-    from agent.config.loader import load_config
+    from agent.config.loader import config_adapter, load_config
 
     request = json.load(sys.stdin)
     path = None if request["path"] is None else Path(request["path"])
@@ -86,7 +84,7 @@ def _child() -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
-    json.dump(TypeAdapter(Config).dump_python(config, mode="json"), sys.stdout)
+    json.dump(config_adapter().dump_python(config, mode="json"), sys.stdout)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,6 @@ _ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
 RULE_KEYS = {"enabled": "enabled", "for": "for_", "keep_firing_for": "keep_firing_for"}
-_adapter: list[TypeAdapter[Config]] = []
 
 
 def load_config(
@@ -38,16 +38,22 @@ def load_config(
     return validate_config(raw, str(path) if path is not None else "configuration")
 
 
+@cache
+def config_adapter() -> TypeAdapter[Config]:
+    """pydantic's validator and serializer of Config, built once per process. pydantic is imported
+    here and in validate_config, not at the top: the running agent validates in a child process and
+    must not carry it (agent/config/isolated.py)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Config)
+
+
 def validate_config(raw: Mapping[str, Any], origin: str = "configuration") -> Config:
     """The checked Config of a raw mapping (as read from YAML), or a ConfigError naming every problem."""
-    # Imported here, not at the top: the running agent validates in a child process and must not
-    # carry pydantic (agent/config/isolated.py).
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
-    if not _adapter:
-        _adapter.append(TypeAdapter(Config))
     try:
-        return _adapter[0].validate_python(_prepared(raw, origin))
+        return config_adapter().validate_python(_prepared(raw, origin))
     except ValidationError as error:
         raise ConfigError(f"{origin}: {describe_errors(error)}") from None
 
