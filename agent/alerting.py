@@ -1,5 +1,5 @@
 """The alerting cycle: store windows -> classifier -> lifecycle -> store (for /metrics and the API)
-and the Alertmanager sender. Runs as one scheduler job, after the collectors, every interval."""
+and the Alertmanager sender. Runs after each round of collector cycles, on the thread that ended it."""
 
 from __future__ import annotations
 

@@ -62,9 +62,9 @@ class Pipeline:
         collectors = build_collectors(config)
         store = Store(window_seconds=config.window)
         runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
-        scheduler = Scheduler(runners, config.interval)
         sender = alertmanager_sender(config)
-        scheduler.add_job(AlertingJob(store, rules, sender.notify if sender else None).run_cycle, "alerting")
+        alerting = AlertingJob(store, rules, sender.notify if sender else None)
+        scheduler = Scheduler(runners, config.interval, after_each_round=alerting.run_cycle)
         specs = {collector.name: collector.metrics for collector in collectors}
         page = MetricsPage(store, specs, sender.deliveries if sender else None)
         return cls(config, store, page, scheduler, sender)

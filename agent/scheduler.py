@@ -4,6 +4,10 @@ Each target has one worker thread that runs its ``collect()``; the scheduler's j
 and waits at most the cycle timeout, so a collector that hangs in a driver call is reported (reason
 ``timeout``) while every other job keeps its cycle. A collector whose previous cycle is still hung is
 not handed another: one thread per target, never a pile-up.
+
+What runs after a round (the alerting cycle) is no job of its own: the last collector job to end its
+cycle runs it, so it judges this round's samples rather than the last round's, and no extra thread
+wakes up and contends with the collectors every interval.
 """
 
 from __future__ import annotations
@@ -164,45 +168,79 @@ class JobThreads(BaseExecutor):
                 thread.join()
 
 
+class Round:
+    """Calls ``after`` once every collector has ended its cycle of a round, on the thread of the
+    last one. Every job ends its cycle within the cycle timeout (a hung collector is reported, not
+    waited for), so a round always completes; a collector whose run was skipped only delays it."""
+
+    def __init__(self, keys: Iterable[tuple[str, str]], after: Callable[[], None]) -> None:
+        self._keys = frozenset(keys)
+        self._pending = set(self._keys)
+        self._after = after
+        self._lock = threading.Lock()
+        self._running = threading.Lock()
+        self.stopped = False
+
+    def finished(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._pending.discard(key)
+            if self._pending or self.stopped:
+                return
+            self._pending = set(self._keys)
+        # A round that completes while the last one's run is still going is coalesced into it.
+        if not self._running.acquire(blocking=False):
+            return
+        try:
+            self._after()
+        except Exception as error:  # a bug after a round must not cost the collector job its cycle
+            log.error("after-round job failed: %s", REDACTOR.scrub(f"{type(error).__name__}: {error}"))
+        finally:
+            self._running.release()
+
+
 class Scheduler:
-    def __init__(self, runners: Iterable[CollectorRunner], interval: float) -> None:
+    def __init__(
+        self,
+        runners: Iterable[CollectorRunner],
+        interval: float,
+        after_each_round: Callable[[], None],
+    ) -> None:
+        """``after_each_round`` runs once all runners have ended a cycle (never, with no runners)."""
         self.runners = list(runners)
         self._interval = interval
+        self._round = Round((runner.key for runner in self.runners), after_each_round)
         self._scheduler = BackgroundScheduler(
             executors={"default": JobThreads()},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": max(1, int(interval))},
             timezone=UTC,
         )
-        self._jobs: list[tuple[Callable[[], None], str]] = []
-        self._anchor: datetime | None = None
-
-    def add_job(self, function: Callable[[], None], job_id: str) -> None:
-        if self._anchor is None:
-            self._jobs.append((function, job_id))  # added at start(), on the common clock
-        else:
-            self._add(function, job_id, datetime.now(UTC))
 
     def start(self) -> None:
         # Every job counts its intervals from one instant, so all are due together: the scheduler
-        # wakes once per interval for all of them instead of once per job.
-        self._anchor = datetime.now(UTC)
+        # wakes once per interval for all of them instead of once per job, and a round ends soon.
+        anchor = datetime.now(UTC)
         for runner in self.runners:
-            self._add(runner.run_cycle, "collect:{}:{}".format(*runner.key), self._anchor)
-        for function, job_id in self._jobs:
-            self._add(function, job_id, self._anchor)
+            self._scheduler.add_job(
+                self._cycle_of(runner),
+                "interval",
+                seconds=self._interval,
+                start_date=anchor,
+                id="collect:{}:{}".format(*runner.key),
+                next_run_time=anchor,
+            )
         self._scheduler.start()
 
-    def _add(self, function: Callable[[], None], job_id: str, first_run: datetime) -> None:
-        self._scheduler.add_job(
-            function,
-            "interval",
-            seconds=self._interval,
-            start_date=self._anchor,
-            id=job_id,
-            next_run_time=first_run,
-        )
+    def _cycle_of(self, runner: CollectorRunner) -> Callable[[], None]:
+        def cycle() -> None:
+            try:
+                runner.run_cycle()
+            finally:
+                self._round.finished(runner.key)
+
+        return cycle
 
     def stop(self) -> None:
+        self._round.stopped = True
         for runner in self.runners:
             runner.stop()
         self._scheduler.shutdown(wait=False)

@@ -266,51 +266,61 @@ def test_unchanged_family_is_neither_built_nor_formatted_again() -> None:
 # --- scheduling ----------------------------------------------------------------------------------
 
 
-def test_jobs_have_a_thread_each_and_one_clock(caplog: pytest.LogCaptureFixture) -> None:
+def test_jobs_have_a_thread_each_and_one_clock() -> None:
     store = Store()
     runners = [CollectorRunner(Scripted(target), store, timeout=5.0) for target in ("a", "b")]
-    threads: dict[str, set[str]] = {"counting": set(), "raising": set()}
-    runs = {"counting": 0, "raising": 0}
-
-    def counting() -> None:
-        threads["counting"].add(threading.current_thread().name)
-        runs["counting"] += 1
-
-    def raising() -> None:
-        threads["raising"].add(threading.current_thread().name)
-        runs["raising"] += 1
-        raise RuntimeError("a bug in a job")
-
-    scheduler = Scheduler(runners, 0.1)
-    scheduler.add_job(counting, "counting")
-    scheduler.add_job(raising, "raising")
-    with caplog.at_level(logging.ERROR, logger="apscheduler"):
-        scheduler.start()
+    scheduler = Scheduler(runners, 0.1, after_each_round=lambda: None)
+    scheduler.start()
+    try:
         jobs = scheduler._scheduler.get_jobs()
-        assert len(jobs) == 4
+        assert len(jobs) == 2
         assert len({job.next_run_time for job in jobs}) == 1  # all due together
         assert len({job.trigger.start_date for job in jobs}) == 1
         deadline = time.monotonic() + 10
-        while min(runs.values()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        late: list[str] = []
-        scheduler.add_job(lambda: late.append(threading.current_thread().name), "late")  # after start
-        while not late and time.monotonic() < deadline:
+        while min(status.cycles for status in store.statuses().values()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         names = {thread.name for thread in threading.enumerate()}
+    finally:
         scheduler.stop()
     assert {"job-collect:scripted:a", "job-collect:scripted:b"} <= names
     assert all(store.statuses()[("scripted", target)].cycles >= 3 for target in ("a", "b"))
-    assert min(runs.values()) >= 3  # a job that raises keeps its schedule
-    assert threads == {"counting": {"job-counting"}, "raising": {"job-raising"}}
-    assert late == ["job-late"]
-    assert any("a bug in a job" in str(record.exc_info) for record in caplog.records)
+
+
+def test_after_each_round_sees_every_collector_s_cycle_of_that_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The alerting cycle runs once per round, after both collectors, on a collector job's thread;
+    one that raises is logged (scrubbed) and keeps the rounds going."""
+    store = Store()
+    runners = [CollectorRunner(Scripted(target), store, timeout=5.0) for target in ("a", "b")]
+    seen: list[tuple[int, int, str]] = []
+
+    def after() -> None:
+        cycles = [store.statuses()[("scripted", target)].cycles for target in ("a", "b")]
+        seen.append((cycles[0], cycles[1], threading.current_thread().name))
+        if len(seen) == 2:
+            raise RuntimeError("a bug in the alerting cycle")
+
+    scheduler = Scheduler(runners, 0.1, after_each_round=after)
+    with caplog.at_level(logging.ERROR, logger="tierwatch.scheduler"):
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while len(seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        scheduler.stop()
+    assert len(seen) >= 5
+    # The i-th run comes after both collectors' i-th cycles, and there is one run per round.
+    assert all(min(a, b) >= i for i, (a, b, _) in enumerate(seen, start=1))
+    assert len(seen) <= min(status.cycles for status in store.statuses().values())
+    assert {thread for _, _, thread in seen} <= {"job-collect:scripted:a", "job-collect:scripted:b"}
+    assert [record.getMessage() for record in caplog.records] == [
+        "after-round job failed: RuntimeError: a bug in the alerting cycle"
+    ]
 
 
 def test_anchor_is_the_start_not_the_construction() -> None:
     # A pipeline may be built well before it starts (reload); its first cycles are not "missed".
-    scheduler = Scheduler([], 60.0)
-    scheduler.add_job(lambda: None, "early")
+    scheduler = Scheduler([CollectorRunner(Scripted("a"), Store(), timeout=5.0)], 60.0, lambda: None)
     time.sleep(0.05)
     before = datetime.now(UTC)
     scheduler.start()

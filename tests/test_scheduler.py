@@ -67,7 +67,7 @@ def agent() -> Iterator[tuple[Store, AgentServer, dict[str, Ticking]]]:
     collectors: dict[str, Ticking] = {c.name: c for c in (Ticking("a"), Blocking("b"), Failing("c"))}
     store = Store()
     runners = [CollectorRunner(collector, store, TIMEOUT) for collector in collectors.values()]
-    scheduler = Scheduler(runners, INTERVAL)
+    scheduler = Scheduler(runners, INTERVAL, after_each_round=lambda: None)
     page = MetricsPage(store, {c.name: c.metrics for c in collectors.values()})
     server = AgentServer(("127.0.0.1", 0), page, store)
     server.start()
