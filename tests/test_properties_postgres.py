@@ -137,6 +137,18 @@ class _ShowCursor(StandInCursor):
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
+def replication_rows(replicas: list[tuple[str | None, float | None, float | None]]) -> list[Row]:
+    """The activity statement's replication rows: (name, lag seconds, lag bytes) per replica, or a
+    standby's replay delay under the name None."""
+    rows: list[Row] = []
+    for name, seconds, lag in replicas:
+        if name is None:
+            rows.append(("standby", None, seconds))
+        else:
+            rows += [("replica_seconds", name, seconds), ("replica_bytes", name, lag)]
+    return rows
+
+
 @st.composite
 def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
     """Consecutive cycles' rows for every statement of the PostgreSQL collector; in about half of the
@@ -164,6 +176,16 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
                         st.lists(st.sampled_from([None, "IO", "Lock", "LWLock", "Timeout"]), unique=True)
                     )
                 ),
+                *replication_rows(
+                    draw(
+                        st.lists(
+                            st.tuples(
+                                st.sampled_from(["replica1", ""]), st.none() | float8s, st.none() | float8s
+                            )
+                        )
+                        | st.just([(None, 0.5, None)])  # a standby
+                    )
+                ),
             ],
             queries.DATABASES_SQL: [
                 (
@@ -173,19 +195,12 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
                 )
                 for name in names
             ],
-            queries.REPLICATION_SQL: draw(
-                st.lists(
-                    st.tuples(st.sampled_from(["replica1", ""]), st.none() | float8s, st.none() | float8s)
-                )
-                | st.just([(None, 0.5, None)])  # a standby
-            ),
             queries.HAS_STATEMENTS_SQL: [(False,)],
         }
         numeric_cells = {
             queries.LIMITS_SQL: (0, 1, 2),
             queries.ACTIVITY_SQL: (2,),
             queries.DATABASES_SQL: range(1, 9),
-            queries.REPLICATION_SQL: (1, 2),
         }
         if draw(st.booleans()):
             statement = draw(st.sampled_from(sorted(numeric_cells)))

@@ -93,7 +93,6 @@ class PostgresCollector(Collector):
         with self._session.cycle() as connection:
             activity = queries.read_activity(connection)
             databases = queries.read_databases(connection, self._databases_share)
-            replication = queries.read_replication(connection)
             load = self._sampler.average(activity.load)
             self._refresh_top_queries(connection)
         limits = self._limits
@@ -107,7 +106,7 @@ class PostgresCollector(Collector):
             # the statement's now() would have a negative age.
             out.set(series, max(0.0, activity.waits.get(key, 0.0)))
         self._databases(out, databases)
-        self._replication(out, replication)
+        self._replication(out, activity.replication)
         out.detail("top_queries", self._top_queries)
         return out.build(self.name, self.target, self._wall_clock())
 

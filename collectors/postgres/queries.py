@@ -1,7 +1,7 @@
 """The statements of a cycle and what they return, as plain values.
 
-A cycle costs three round trips (activity with a load sample, databases, replication) plus the top
-statements every so often. Each statement reads pg_stat_activity and friends once and aggregates on
+A cycle costs two round trips (activity with a load sample and replication, then databases) plus the
+top statements every so often. Each statement reads pg_stat_activity and friends once and aggregates on
 the server, so a server with thousands of sessions returns a few dozen rows. pg_stat_database is read
 for the target's share of the server's databases only (DatabaseShare). Each statement is prepared
 once per connection: the server plans it once, not every cycle.
@@ -41,8 +41,26 @@ WHERE state = 'active'
 GROUP BY wait_event_type
 """
 
-# Rows of (kind, key, value). Without pg_read_all_stats, other roles' sessions show neither
-# backend_type nor state; having a database still tells them from background processes.
+# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction. A
+# primary has a row per replica (application_name), each with its lag in seconds and in bytes.
+REPLICATION_SQL = """
+SELECT 'standby', NULL,
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END
+WHERE pg_is_in_recovery()
+UNION ALL
+SELECT lag.kind, coalesce(application_name, ''), lag.value
+FROM pg_stat_replication, LATERAL (VALUES
+    ('replica_seconds',
+     CASE WHEN replay_lsn = pg_current_wal_lsn() THEN 0 ELSE extract(epoch FROM replay_lag)::float8 END),
+    ('replica_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8)
+) AS lag(kind, value)
+WHERE NOT pg_is_in_recovery()
+"""
+
+# Rows of (kind, key, value), replication's among them: one round trip for all. Without
+# pg_read_all_stats, other roles' sessions show neither backend_type nor state; having a database
+# still tells them from background processes.
 ACTIVITY_SQL = f"""
 WITH sessions AS MATERIALIZED (
     SELECT pid, state, wait_event_type, query_start, xact_start, state_change,
@@ -74,7 +92,8 @@ FROM waits, LATERAL (VALUES
 ) AS age(key, value)
 UNION ALL
 SELECT 'load', load.* FROM ({LOAD_SAMPLE_SQL}) AS load
-"""
+UNION ALL
+{REPLICATION_SQL}"""
 
 # pg_stat_user_tables covers only the database of the connection. The rows are those of the target's
 # share (DatabaseShare); the filter reaches into the view: no counter of a database left out is read.
@@ -91,21 +110,6 @@ LEFT JOIN (
 WHERE d.datname IS NOT NULL
   AND (d.datname = current_database()
        OR (%(others)s AND d.datname::text <> ALL (%(elsewhere)s::text[])))
-"""
-
-# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction.
-REPLICATION_SQL = """
-SELECT NULL::text,
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
-       NULL::float8
-WHERE pg_is_in_recovery()
-UNION ALL
-SELECT coalesce(application_name, ''),
-       CASE WHEN replay_lsn = pg_current_wal_lsn() THEN 0 ELSE extract(epoch FROM replay_lag)::float8 END,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8
-FROM pg_stat_replication
-WHERE NOT pg_is_in_recovery()
 """
 
 # The monitor's own statements would top the list on a quiet server.
@@ -141,6 +145,7 @@ class Activity:
     by_client: dict[str, float]
     waits: dict[str, float]
     load: tuple[tuple[str | None, float], ...]  # a load sample: active sessions per wait event type
+    replication: Replication
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,19 +228,42 @@ def name_label(name: str | None) -> str:
 
 
 LABEL_OF_KIND = {"state": state_label, "application": name_label, "client": name_label, "wait": str}
+REPLICATION_KINDS = ("standby", "replica_seconds", "replica_bytes")
 
 
 def read_activity(connection: psycopg.Connection) -> Activity:
     groups: dict[str, dict[str, float]] = {kind: {} for kind in LABEL_OF_KIND}
     load = []
+    lags: dict[str, list[tuple[str | None, float | None]]] = {kind: [] for kind in REPLICATION_KINDS}
     for kind, key, value in connection.execute(ACTIVITY_SQL):
         if kind == "load":
             load.append((key, number(value, "active sessions")))
+        elif kind in lags:
+            # Replay delays can be below zero: the primary's clock may be ahead of the standby's.
+            lags[kind].append((key, None if value is None else number(value, "replication lag", signed=True)))
         elif value is not None:  # an age is NULL when no session is in that state
             # Counts are never negative; an age is when a query began after the statement's now().
             signed = kind == "wait" and key != "blocked"
             groups[kind][LABEL_OF_KIND[kind](key)] = number(value, f"pg_stat_activity {kind}", signed=signed)
-    return Activity(groups["state"], groups["application"], groups["client"], groups["wait"], tuple(load))
+    return Activity(
+        groups["state"],
+        groups["application"],
+        groups["client"],
+        groups["wait"],
+        tuple(load),
+        _replication(lags),
+    )
+
+
+def _replication(lags: dict[str, list[tuple[str | None, float | None]]]) -> Replication:
+    if lags["standby"]:
+        return Replication(True, replay_delay=lags["standby"][0][1])
+    return Replication(
+        False,
+        replicas=len(lags["replica_seconds"]),
+        lag_seconds={name_label(name): lag for name, lag in lags["replica_seconds"] if lag is not None},
+        lag_bytes={name_label(name): lag for name, lag in lags["replica_bytes"] if lag is not None},
+    )
 
 
 def read_databases(
@@ -248,23 +276,6 @@ def read_databases(
         scans = (None if value is None else number(value, where) for value in (seq_scans, index_scans))
         stats.append(DatabaseStats(name, *(number(value, where) for value in counters), *scans))
     return stats
-
-
-def read_replication(connection: psycopg.Connection) -> Replication:
-    rows = [
-        # Replay delays can be below zero: the primary's clock may be ahead of the standby's.
-        (name, *(None if value is None else number(value, "replication lag", signed=True) for value in lags))
-        for name, *lags in connection.execute(REPLICATION_SQL).fetchall()
-    ]
-    standby = [seconds for name, seconds, _ in rows if name is None]
-    if standby:
-        return Replication(True, replay_delay=standby[0])
-    return Replication(
-        False,
-        replicas=len(rows),
-        lag_seconds={name_label(name): seconds for name, seconds, _ in rows if seconds is not None},
-        lag_bytes={name_label(name): lag for name, _, lag in rows if lag is not None},
-    )
 
 
 def read_top_queries(connection: psycopg.Connection, limit: int) -> tuple[dict[str, object], ...] | None:
