@@ -2,9 +2,11 @@
 persistence and pub/sub.
 
 Each cycle is one round trip on the target's one connection: ``INFO all`` (on Redis 7 it includes
-latencystats, which the default INFO leaves out), ``SLOWLOG LEN``, ``SLOWLOG GET`` and ``CONFIG GET``
-of three named keys; a wildcard would return passwords. A second round trip, ``CLIENT LIST`` of
-pub/sub clients, happens only on Redis older than 7.2 and only while something is subscribed.
+latencystats, which the default INFO leaves out), ``SLOWLOG LEN``, ``SLOWLOG GET`` and, for those of
+maxclients, maxmemory and maxmemory-policy that the last INFO did not report (Redis before 7 leaves out
+maxclients), ``CONFIG GET`` of each; a wildcard would return passwords. A second round trip,
+``CLIENT LIST`` of pub/sub clients, happens only on Redis older than 7.2 and only while something is
+subscribed.
 
 Rates and the hit ratio come from counter deltas keyed by the server's run id, so the first cycle
 after a restart leaves them out instead of mixing two servers' counters.
@@ -36,7 +38,7 @@ from collectors.redis.session import Backoff, Command, Session, open_connection,
 log = logging.getLogger("tierwatch.redis")
 Clock = Callable[[], float]
 CONFIG_KEYS = ("maxclients", "maxmemory", "maxmemory-policy")
-# Where INFO reports the same settings, for servers on which CONFIG is renamed away or not permitted.
+# Where INFO reports the same settings: CONFIG GET is sent only for those INFO lacks.
 INFO_FIELDS = {"maxclients": "maxclients", "maxmemory": "maxmemory", "maxmemory-policy": "maxmemory_policy"}
 SLOWLOG_ENTRIES = 5
 LATENCY_COMMANDS = 10
@@ -88,7 +90,7 @@ class RedisCollector(Collector):
         self._clock = clock
         self._wall_clock = wall_clock
         self._deltas = Deltas()
-        self._use_config = True
+        self._config_keys = CONFIG_KEYS  # asked with CONFIG GET: not in INFO, as far as known
         self._reported_unavailable: set[str] = set()
 
     def describe(self) -> str:
@@ -99,8 +101,7 @@ class RedisCollector(Collector):
 
     def collect(self) -> Sample:
         commands: list[Command] = [("INFO", "all"), ("SLOWLOG", "LEN"), ("SLOWLOG", "GET", SLOWLOG_ENTRIES)]
-        if self._use_config:
-            commands += [("CONFIG", "GET", key) for key in CONFIG_KEYS]
+        commands += [("CONFIG", "GET", key) for key in self._config_keys]
         info_reply, slowlog_length, slowlog, *config = self._session.execute(commands)
         if isinstance(info_reply, errors.ResponseError):
             raise CollectorError(reason_of(info_reply), f"INFO failed: {info_reply}")
@@ -134,9 +135,11 @@ class RedisCollector(Collector):
         }
         for reply in config_replies:
             if self._unavailable(reply, "CONFIG GET", "maxclients and maxmemory are taken from INFO"):
-                self._use_config = False
+                self._config_keys = ()
                 break
             settings.update(_config_pairs(reply))
+        else:
+            self._config_keys = tuple(key for key in self._config_keys if INFO_FIELDS[key] not in info.fields)
         return settings
 
     def _per_second(
