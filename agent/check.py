@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent import __version__
@@ -20,14 +20,24 @@ from alerts.table import SIGNALS
 from collectors.base import Column, Reading, Unit
 
 EXIT_OK, EXIT_FOUND, EXIT_CANNOT_RUN = 0, 1, 2
+OVERDUE_POLL_SECONDS = 0.05
 
 
-def _run_cycles(runners: list[CollectorRunner], duration: float) -> None:
-    """Two cycles ``duration`` apart (rates need a pair), each across all targets at once."""
-    with ThreadPoolExecutor(max_workers=max(1, len(runners))) as pool:
-        list(pool.map(CollectorRunner.run_cycle, runners))
-        time.sleep(duration)
-        list(pool.map(CollectorRunner.run_cycle, runners))
+def _run_cycles(runners: list[CollectorRunner], duration: float, timeout: float) -> None:
+    """Two cycles ``duration`` apart (rates need a pair), each across all targets at once. A cycle
+    still running after ``timeout`` is reported as timed out and its thread left behind: a daemon, it
+    cannot hold up the exit."""
+    for cycle in range(2):
+        if cycle:
+            time.sleep(duration)
+        threads = [threading.Thread(target=runner.run_cycle, daemon=True) for runner in runners]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for runner, thread in zip(runners, threads, strict=True):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and not runner.overdue():
+                thread.join(OVERDUE_POLL_SECONDS)
 
 
 def collect_report(config: Config, duration: float) -> dict[str, Any]:
@@ -37,7 +47,7 @@ def collect_report(config: Config, duration: float) -> dict[str, Any]:
     store = Store(window_seconds=config.window)
     runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
     try:
-        _run_cycles(runners, duration)
+        _run_cycles(runners, duration, config.cycle_timeout)
     finally:
         for runner in runners:
             runner.stop()

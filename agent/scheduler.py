@@ -1,9 +1,10 @@
 """Runs collector cycles on APScheduler; the only place where collector errors are caught.
 
-Each target has one worker thread that runs its ``collect()``; the scheduler's job hands it a cycle
-and waits at most the cycle timeout, so a collector that hangs in a driver call is reported (reason
-``timeout``) while every other job keeps its cycle. A collector whose previous cycle is still hung is
-not handed another: one thread per target, never a pile-up.
+Each target's job runs its ``collect()`` on a thread of its own (JobThreads), so a collector that
+hangs in a driver call holds only that thread while every other job keeps its cycle. When the hung
+job's next run comes due, the executor does not queue it but tells the runner, which reports the
+cycle as timed out (reason ``timeout``) once it has run longer than the cycle timeout: one thread per
+target, never a pile-up, and a hung target shows as down at the next interval.
 
 What runs after a round (the alerting cycle) is no job of its own: the last collector job to end its
 cycle runs it, so it judges this round's samples rather than the last round's, and no extra thread
@@ -12,7 +13,6 @@ wakes up and contends with the collectors every interval.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import sys
@@ -33,84 +33,59 @@ log = logging.getLogger("tierwatch.scheduler")
 CLOSE_TIMEOUT = 2.0
 
 
-class _Outcome:
-    """One cycle handed to a worker. ``done`` is held until the cycle ends: the job waits by
-    acquiring it, which is one C-level timed wait where an Event is a Condition and a fresh lock."""
-
-    __slots__ = ("done", "duration", "error", "finished", "sample", "started")
-
-    def __init__(self) -> None:
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.finished = False
-        self.started = time.monotonic()
-        self.sample: Sample | None = None
-        self.error: tuple[Reason, str] | None = None
-        self.duration = 0.0
-
-    def end(self) -> None:
-        self.finished = True
-        with contextlib.suppress(RuntimeError):  # already ended: the worker and stop() both end one
-            self.done.release()
-
-
 class CollectorRunner:
+    """Runs one target's cycles and records each outcome. Cycles run on the caller's thread, one at a
+    time: a call while a cycle is still going only reports that cycle if it is past its timeout."""
+
     def __init__(self, collector: Collector, store: Store, timeout: float) -> None:
         self.collector = collector
         self.key = (collector.name, collector.target)
         self._store = store
         self._timeout = timeout
-        self._in_flight: _Outcome | None = None
+        self._started: float | None = None  # monotonic start of the cycle in flight
         self._stopping = False
         self._reported: Reason | None = None
-        self._cycles: queue.SimpleQueue[_Outcome | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
         store.register(*self.key)
 
     def run_cycle(self) -> None:
-        previous = self._in_flight
-        if previous is not None and not previous.finished:
-            stuck_for = time.monotonic() - previous.started
-            self._failed(Reason.TIMEOUT, f"previous cycle still running after {stuck_for:.1f} s", stuck_for)
+        if self._started is not None:
+            self.overdue()
             return
-        outcome = self._in_flight = _Outcome()
-        if self._worker is None:
-            name = "collect-{}-{}".format(*self.key)
-            self._worker = threading.Thread(target=self._work, name=name, daemon=True)
-            self._worker.start()
-        self._cycles.put(outcome)
-        finished = outcome.done.acquire(timeout=self._timeout)
+        started = self._started = time.monotonic()
+        outcome = self._collect()
+        duration = time.monotonic() - started
+        self._started = None
         if self._stopping:
             return
-        if not finished:
-            self._failed(Reason.TIMEOUT, f"no answer within {self._timeout:g} s", self._timeout)
-        elif outcome.sample is not None:
-            self._succeeded(outcome.sample, outcome.duration)
-        elif outcome.error is not None:
-            self._failed(*outcome.error, outcome.duration)
+        if isinstance(outcome, Sample):
+            self._succeeded(outcome, duration)
+        else:
+            self._failed(*outcome, duration)
+
+    def _collect(self) -> Sample | tuple[Reason, str]:
+        try:
+            return self.collector.collect()
+        except CollectorError as error:
+            return error.reason, error.detail
+        except Exception as error:  # a collector bug must not take the agent down
+            return Reason.OTHER, f"{type(error).__name__}: {error}"
+
+    def overdue(self) -> bool:
+        """The next cycle is due while this one is still going: past the timeout, it is reported as
+        timed out (again at every due cycle while it lasts), and True returned; within it, it is let
+        run."""
+        started = self._started
+        if started is None or self._stopping:
+            return False
+        stuck_for = time.monotonic() - started
+        if stuck_for < self._timeout:
+            return False
+        self._failed(Reason.TIMEOUT, f"cycle still running after {stuck_for:.1f} s", stuck_for)
+        return True
 
     def stop(self) -> None:
-        """Ends the worker after its current cycle and releases a job waiting on a hung one, so
-        shutdown never waits for a timeout."""
+        """Results of a cycle still running are dropped: the pipeline it belongs to is gone."""
         self._stopping = True
-        self._cycles.put(None)
-        if self._in_flight is not None:
-            self._in_flight.end()
-
-    def _work(self) -> None:
-        while (outcome := self._cycles.get()) is not None:
-            self._collect(outcome)
-
-    def _collect(self, outcome: _Outcome) -> None:
-        try:
-            outcome.sample = self.collector.collect()
-        except CollectorError as error:
-            outcome.error = (error.reason, error.detail)
-        except Exception as error:  # a collector bug must not take the agent down
-            outcome.error = (Reason.OTHER, f"{type(error).__name__}: {error}")
-        finally:
-            outcome.duration = time.monotonic() - outcome.started
-            outcome.end()
 
     def _succeeded(self, sample: Sample, duration: float) -> None:
         self._store.record_success(sample, duration)
@@ -133,12 +108,24 @@ class JobThreads(BaseExecutor):
     """An APScheduler executor that runs each job on a thread of its own, started at the job's first
     run and kept: a run is one queue hand-off to a waiting thread, without the pool's futures and
     done-callbacks. With max_instances=1 a job never needs more than one thread, and a job whose run
-    hangs holds only its own."""
+    hangs holds only its own.
 
-    def __init__(self) -> None:
+    A run that comes due while the job's last run is still going is not queued but handed to
+    ``on_busy`` (the job id): APScheduler would raise and log a warning for every such run."""
+
+    def __init__(self, on_busy: Callable[[str], None]) -> None:
         super().__init__()
+        self._on_busy = on_busy
         self._queues: dict[str, queue.SimpleQueue[tuple[Any, list[datetime]] | None]] = {}
         self._threads: list[threading.Thread] = []
+
+    def submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        with self._lock:
+            if self._instances[job.id] < job.max_instances:
+                self._do_submit_job(job, run_times)
+                self._instances[job.id] += 1
+                return
+        self._on_busy(job.id)
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         # Called under the executor's lock: no two submissions race to start a job's thread.
@@ -170,8 +157,8 @@ class JobThreads(BaseExecutor):
 
 class Round:
     """Calls ``after`` once every collector has ended its cycle of a round, on the thread of the
-    last one. Every job ends its cycle within the cycle timeout (a hung collector is reported, not
-    waited for), so a round always completes; a collector whose run was skipped only delays it."""
+    last one. A hung collector counts as ended each time its next cycle comes due (it is reported, not
+    waited for), so a round always completes; a cycle that runs long within its timeout delays it."""
 
     def __init__(self, keys: Iterable[tuple[str, str]], after: Callable[[], None]) -> None:
         self._keys = frozenset(keys)
@@ -209,8 +196,9 @@ class Scheduler:
         self.runners = list(runners)
         self._interval = interval
         self._round = Round((runner.key for runner in self.runners), after_each_round)
+        self._by_job_id = {_job_id(runner): runner for runner in self.runners}
         self._scheduler = BackgroundScheduler(
-            executors={"default": JobThreads()},
+            executors={"default": JobThreads(self._busy)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": max(1, int(interval))},
             timezone=UTC,
         )
@@ -225,10 +213,15 @@ class Scheduler:
                 "interval",
                 seconds=self._interval,
                 start_date=anchor,
-                id="collect:{}:{}".format(*runner.key),
+                id=_job_id(runner),
                 next_run_time=anchor,
             )
         self._scheduler.start()
+
+    def _busy(self, job_id: str) -> None:
+        runner = self._by_job_id[job_id]
+        runner.overdue()
+        self._round.finished(runner.key)
 
     def _cycle_of(self, runner: CollectorRunner) -> Callable[[], None]:
         def cycle() -> None:
@@ -255,3 +248,7 @@ class Scheduler:
                 runner.collector.close()
             except Exception as error:  # closing is best effort at shutdown
                 log.debug("closing %s/%s: %s", *runner.key, REDACTOR.scrub(str(error)))
+
+
+def _job_id(runner: CollectorRunner) -> str:
+    return "collect:{}:{}".format(*runner.key)

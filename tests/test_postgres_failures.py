@@ -157,5 +157,6 @@ def test_paused_server_bounds_the_cycle_and_metrics_keep_answering(
     assert status == 200
     assert answered_in < 0.5
     assert value(series, ERRORS, **SELF, reason="timeout") >= 1
-    assert value(series, "tierwatch_collector_duration_seconds", **SELF) <= 0.8 + 0.1  # the cycle timeout
+    # Past the 0.8 s cycle timeout, the hung cycle is reported when the next one comes due (1 s).
+    assert 0.8 <= value(series, "tierwatch_collector_duration_seconds", **SELF) <= 1.0 + 0.1
     assert "recovered" in log

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.check import _run_cycles
 from agent.exporter import MetricsPage
 from agent.http import AgentServer
 from agent.scheduler import CollectorRunner, Scheduler
@@ -152,3 +153,23 @@ def test_store_window_is_bounded_and_thinned() -> None:
     # every kept sample but the newest is at least window/capacity after its predecessor
     gaps = [later.timestamp - earlier.timestamp for earlier, later in itertools.pairwise(window[:-1])]
     assert all(gap >= 10.0 for gap in gaps)
+
+
+def test_check_reports_a_hung_collector_and_does_not_wait_for_it() -> None:
+    """`tierwatch check` runs two cycles by itself: a hung collector is reported in each, once past
+    the timeout, and the other targets' cycles are recorded."""
+    store = Store()
+    blocking, ticking = Blocking("b"), Ticking("a")
+    runners = [CollectorRunner(collector, store, TIMEOUT) for collector in (blocking, ticking)]
+    started = time.monotonic()
+    try:
+        _run_cycles(runners, 0.1, TIMEOUT)
+        elapsed = time.monotonic() - started
+        statuses = store.statuses()
+    finally:
+        blocking.release.set()
+    assert TIMEOUT + 0.1 <= elapsed < TIMEOUT + 1.0  # the second cycle does not wait for the hung one
+    assert statuses[("blocking", "b")].errors_total[Reason.TIMEOUT] == 2
+    assert blocking.started == 1  # the second cycle found the first still running
+    assert statuses[("ticking", "a")].cycles == 2
+    assert statuses[("ticking", "a")].up
