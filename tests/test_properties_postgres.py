@@ -162,10 +162,9 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
         applications = draw(st.lists(st.sampled_from(["web", "", None]), unique=True))
         clients = draw(st.lists(st.sampled_from(["10.0.0.1", "local", None]), unique=True))
         waits = ("blocked", "query", "transaction", "idle_in_transaction")
-        scans = ("seq", "index")
         answers: dict[str, list[Row]] = {
             queries.LIMITS_SQL: [(draw(st.integers(1, 10_000)), 3, 0, True, "tierwatch")],
-            queries.ACTIVITY_SQL: [
+            queries.cycle_statement(): [
                 *(("state", state, float(draw(bigints))) for state in states),
                 *(("application", name, draw(bigints)) for name in applications),
                 *(("client", name, draw(bigints)) for name in clients),
@@ -186,22 +185,21 @@ def postgres_cycles(draw: st.DrawFn) -> list[dict[str, list[Row]]]:
                         | st.just([(None, 0.5, None)])  # a standby
                     )
                 ),
-            ],
-            queries.DATABASES_SQL: [
-                (
-                    name,
-                    *(n(f"{name} {column}") for column in range(6)),
-                    *(draw(st.none()) if name != "shop" else float(n(f"{name} {scan}")) for scan in scans),
-                )
-                for name in names
+                *(
+                    (f"db_{counter}", name, n(f"{name} {counter}"))
+                    for name in names
+                    for counter in queries.DATABASE_COUNTERS
+                ),
+                # Scans are counted for the connection's own database only.
+                *(
+                    (f"db_{scan}", name, float(n(f"{name} {scan}")) if name == "shop" else None)
+                    for name in names
+                    for scan in queries.DATABASE_SCANS
+                ),
             ],
             queries.HAS_STATEMENTS_SQL: [(False,)],
         }
-        numeric_cells = {
-            queries.LIMITS_SQL: (0, 1, 2),
-            queries.ACTIVITY_SQL: (2,),
-            queries.DATABASES_SQL: range(1, 9),
-        }
+        numeric_cells = {queries.LIMITS_SQL: (0, 1, 2), queries.cycle_statement(): (2,)}
         if draw(st.booleans()):
             statement = draw(st.sampled_from(sorted(numeric_cells)))
             spoil(draw, answers[statement], numeric_cells[statement])

@@ -91,8 +91,7 @@ class PostgresCollector(Collector):
     def collect(self) -> Sample:
         self._sampler.start(self.target)
         with self._session.cycle() as connection:
-            activity = queries.read_activity(connection)
-            databases = queries.read_databases(connection, self._databases_share)
+            activity = queries.read_activity(connection, self._databases_share)
             load = self._sampler.average(activity.load)
             self._refresh_top_queries(connection)
         limits = self._limits
@@ -105,7 +104,7 @@ class PostgresCollector(Collector):
             # No session in that state: nothing is blocked, nothing is old. A query that began after
             # the statement's now() would have a negative age.
             out.set(series, max(0.0, activity.waits.get(key, 0.0)))
-        self._databases(out, databases)
+        self._databases(out, activity.databases)
         self._replication(out, activity.replication)
         out.detail("top_queries", self._top_queries)
         return out.build(self.name, self.target, self._wall_clock())

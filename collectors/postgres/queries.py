@@ -1,20 +1,22 @@
 """The statements of a cycle and what they return, as plain values.
 
-A cycle costs two round trips (activity with a load sample and replication, then databases) plus the
-top statements every so often. Each statement reads pg_stat_activity and friends once and aggregates on
-the server, so a server with thousands of sessions returns a few dozen rows. pg_stat_database is read
-for the target's share of the server's databases only (DatabaseShare). Each statement is prepared
-once per connection: the server plans it once, not every cycle.
+A cycle is one statement, one round trip: sessions, a load sample, replication and the databases'
+counters, as (kind, key, value) rows; the top statements are read every so often besides. It reads
+pg_stat_activity and friends once and aggregates on the server, so a server with thousands of
+sessions returns a few dozen rows. pg_stat_database is read for the target's share of the server's
+databases only (DatabaseShare). Each statement is prepared once per connection: the server plans it
+once, not every cycle.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 
 from collectors.base import CollectorError, Reason, as_finite
 
@@ -96,21 +98,32 @@ UNION ALL
 {REPLICATION_SQL}"""
 
 # pg_stat_user_tables covers only the database of the connection. The rows are those of the target's
-# share (DatabaseShare); the filter reaches into the view: no counter of a database left out is read.
+# share (DatabaseShare), whose values are written into the statement (cycle_statement); the filter
+# reaches into the view: no counter of a database left out is read. A row per database and counter.
 DATABASES_SQL = """
-SELECT d.datname, d.xact_commit, d.xact_rollback, d.deadlocks, d.temp_bytes, d.blks_hit, d.blks_read,
-       s.seq_scans, s.index_scans
+SELECT counter.kind, d.datname::text, counter.value
 FROM pg_stat_database AS d
 LEFT JOIN (
     SELECT current_database() AS datname,
            coalesce(sum(seq_scan), 0)::float8 AS seq_scans,
            coalesce(sum(idx_scan), 0)::float8 AS index_scans
     FROM pg_stat_user_tables
-) AS s USING (datname)
+) AS s USING (datname),
+LATERAL (VALUES
+    ('db_commits', d.xact_commit::float8),
+    ('db_rollbacks', d.xact_rollback::float8),
+    ('db_deadlocks', d.deadlocks::float8),
+    ('db_temp_bytes', d.temp_bytes::float8),
+    ('db_blocks_hit', d.blks_hit::float8),
+    ('db_blocks_read', d.blks_read::float8),
+    ('db_seq_scans', s.seq_scans),
+    ('db_index_scans', s.index_scans)
+) AS counter(kind, value)
 WHERE d.datname IS NOT NULL
-  AND (d.datname = current_database()
-       OR (%(others)s AND d.datname::text <> ALL (%(elsewhere)s::text[])))
+  AND (d.datname = current_database() OR ({others} AND d.datname::text <> ALL ({elsewhere}::text[])))
 """
+DATABASE_COUNTERS = ("commits", "rollbacks", "deadlocks", "temp_bytes", "blocks_hit", "blocks_read")
+DATABASE_SCANS = ("seq_scans", "index_scans")
 
 # The monitor's own statements would top the list on a quiet server.
 TOP_QUERIES_SQL = """
@@ -136,16 +149,6 @@ class Limits:
     @property
     def usable(self) -> int:
         return self.max_connections - self.superuser_reserved - self.reserved
-
-
-@dataclass(frozen=True, slots=True)
-class Activity:
-    by_state: dict[str, float]
-    by_application: dict[str, float]
-    by_client: dict[str, float]
-    waits: dict[str, float]
-    load: tuple[tuple[str | None, float], ...]  # a load sample: active sessions per wait event type
-    replication: Replication
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,16 @@ class DatabaseShare:
 EVERY_DATABASE = DatabaseShare()
 
 
+@functools.cache
+def cycle_statement(share: DatabaseShare = EVERY_DATABASE) -> str:
+    """The one statement of a cycle: activity (with replication) and the share's databases. The share
+    is fixed per target, so it is written in as literals: no parameters to adapt every cycle."""
+    databases = sql.SQL(DATABASES_SQL).format(
+        others=sql.Literal(share.others), elsewhere=sql.Literal(list(share.elsewhere))
+    )
+    return f"{ACTIVITY_SQL}UNION ALL\n{databases.as_string(None)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Replication:
     in_recovery: bool
@@ -185,6 +198,17 @@ class Replication:
     replicas: int = 0  # on a primary, with their lags by application_name where known
     lag_seconds: dict[str, float] = field(default_factory=dict)
     lag_bytes: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    by_state: dict[str, float]
+    by_application: dict[str, float]
+    by_client: dict[str, float]
+    waits: dict[str, float]
+    load: tuple[tuple[str | None, float], ...]  # a load sample: active sessions per wait event type
+    replication: Replication
+    databases: list[DatabaseStats]
 
 
 def number(value: object, what: str, *, signed: bool = False) -> float:
@@ -231,16 +255,19 @@ LABEL_OF_KIND = {"state": state_label, "application": name_label, "client": name
 REPLICATION_KINDS = ("standby", "replica_seconds", "replica_bytes")
 
 
-def read_activity(connection: psycopg.Connection) -> Activity:
+def read_activity(connection: psycopg.Connection, share: DatabaseShare = EVERY_DATABASE) -> Activity:
     groups: dict[str, dict[str, float]] = {kind: {} for kind in LABEL_OF_KIND}
     load = []
     lags: dict[str, list[tuple[str | None, float | None]]] = {kind: [] for kind in REPLICATION_KINDS}
-    for kind, key, value in connection.execute(ACTIVITY_SQL):
+    databases: dict[str, dict[str, object]] = {}
+    for kind, key, value in connection.execute(cycle_statement(share)):
         if kind == "load":
             load.append((key, number(value, "active sessions")))
         elif kind in lags:
             # Replay delays can be below zero: the primary's clock may be ahead of the standby's.
             lags[kind].append((key, None if value is None else number(value, "replication lag", signed=True)))
+        elif kind.startswith("db_"):
+            databases.setdefault(key, {})[kind[3:]] = value
         elif value is not None:  # an age is NULL when no session is in that state
             # Counts are never negative; an age is when a query began after the statement's now().
             signed = kind == "wait" and key != "blocked"
@@ -252,7 +279,16 @@ def read_activity(connection: psycopg.Connection) -> Activity:
         groups["wait"],
         tuple(load),
         _replication(lags),
+        [_database(name, counters) for name, counters in databases.items()],
     )
+
+
+def _database(name: str, values: dict[str, object]) -> DatabaseStats:
+    where = f"pg_stat_database of {name}"
+    counters = (number(values.get(counter), where) for counter in DATABASE_COUNTERS)
+    # Scans are counted for the connection's own database only; the others' are NULL.
+    scans = (None if (value := values.get(scan)) is None else number(value, where) for scan in DATABASE_SCANS)
+    return DatabaseStats(name, *counters, *scans)
 
 
 def _replication(lags: dict[str, list[tuple[str | None, float | None]]]) -> Replication:
@@ -264,18 +300,6 @@ def _replication(lags: dict[str, list[tuple[str | None, float | None]]]) -> Repl
         lag_seconds={name_label(name): lag for name, lag in lags["replica_seconds"] if lag is not None},
         lag_bytes={name_label(name): lag for name, lag in lags["replica_bytes"] if lag is not None},
     )
-
-
-def read_databases(
-    connection: psycopg.Connection, share: DatabaseShare = EVERY_DATABASE
-) -> list[DatabaseStats]:
-    stats = []
-    rows = connection.execute(DATABASES_SQL, {"others": share.others, "elsewhere": list(share.elsewhere)})
-    for name, *counters, seq_scans, index_scans in rows:
-        where = f"pg_stat_database of {name}"
-        scans = (None if value is None else number(value, where) for value in (seq_scans, index_scans))
-        stats.append(DatabaseStats(name, *(number(value, where) for value in counters), *scans))
-    return stats
 
 
 def read_top_queries(connection: psycopg.Connection, limit: int) -> tuple[dict[str, object], ...] | None:
