@@ -7,6 +7,7 @@ import logging
 import re
 import selectors
 import socket
+import socketserver
 import threading
 from collections.abc import Callable
 from email.parser import Parser
@@ -46,6 +47,13 @@ class AgentServer(ThreadingHTTPServer):
         # serve_forever() wakes every half second to look for a shutdown request; this loop sleeps
         # until a connection arrives or stop() writes to this pair.
         self._wake_reader, self._wake_writer = socket.socketpair()
+
+    def server_bind(self) -> None:
+        # HTTPServer's would also look the address up with socket.getfqdn, for a server_name nothing
+        # here reads: a reverse DNS query at every start (slow where DNS is broken), and the
+        # resolver's libraries and the IDNA codec loaded for good (0.3 MiB).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
