@@ -13,6 +13,9 @@ and the peer's command line. Adding ``postgres`` or ``redis`` is one such functi
 a mode whose two sides watch a server (postgres, redis) also names it as a ``Service``, which is started
 before them and stopped after them. A mode may also charge each side the CPU the server spends serving
 it (postgres: the backends of each side's connections), which is then reported and compared too.
+
+The agent runs as deployments start it: with DEPLOYED_ENVIRONMENT (MALLOC_ARENA_MAX=2, which the
+Dockerfile, the Helm chart and `make run` set), on the interpreter of the venv `make` built.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import IO, Protocol
 
 import psycopg
 from cpuclock import cpu_seconds
+from detection_stack import DEPLOYED_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / ".venv" / "bin" / "tierwatch"
@@ -500,9 +504,11 @@ def report(mode: Mode, window: Window, agent: dict[str, float], peer: dict[str, 
         ("server CPU ms per cycle / scrape", "server_cpu_ms", "{:.2f}"),
         ("server backends seen", "server_backends", "{:.0f}"),
     ]
+    deployed = " ".join(f"{key}={value}" for key, value in DEPLOYED_ENVIRONMENT.items())
     lines = [
         f"window {window.seconds:.1f} s after {WARM_UP_SECONDS:g} s warm-up; agent cycles "
         f"{window.agent_cycles}, {mode.peer_name} scrapes {window.peer_scrapes}",
+        f"agent run as deployed: {deployed}, Python {agent_python_version()}",
         "",
         f"{'':40}{'tierwatch':>12}{mode.peer_name:>22}{'ratio':>9}",
     ]
@@ -535,6 +541,16 @@ def target_lines(agent: dict[str, float], peer: dict[str, float], peer_name: str
 # --- main ----------------------------------------------------------------------------------------
 
 
+def agent_python_version() -> str:
+    interpreter = AGENT.parent / "python"
+    return subprocess.run(
+        [str(interpreter), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
 def start_service(service: Service, log: IO[bytes]) -> subprocess.Popen[bytes]:
     process = start(list(service.command), log, f"install it: apt-get install -y {service.package}")
     try:
@@ -559,7 +575,9 @@ def run(mode: Mode, seconds: int, workdir: Path) -> str:
         try:
             agent_port, peer_port = free_ports(2)
             agent_argv = [str(AGENT), "run", "--config", str(config), "--listen", f"127.0.0.1:{agent_port}"]
-            agent_process = start(agent_argv, agent_log, "run .venv/bin/pip install -e . first")
+            agent_process = start(
+                agent_argv, agent_log, "run .venv/bin/pip install -e . first", DEPLOYED_ENVIRONMENT
+            )
             sides.append(Side("tierwatch", agent_process, Scraper(agent_port)))
             peer_hint = f"install it: apt-get install -y {mode.peer_package}"
             peer_process = start(mode.peer_command(peer_port), peer_log, peer_hint, mode.peer_env)
