@@ -286,7 +286,7 @@ def test_jobs_have_a_thread_each_and_one_clock() -> None:
     assert all(store.statuses()[("scripted", target)].cycles >= 3 for target in ("a", "b"))
 
 
-def test_after_each_round_sees_every_collector_s_cycle_of_that_round(
+def test_after_each_round_runs_once_every_collector_ended_its_cycle(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The alerting cycle runs once per round, after both collectors, on a collector job's thread;
