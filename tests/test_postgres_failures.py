@@ -157,6 +157,7 @@ def test_paused_server_bounds_the_cycle_and_metrics_keep_answering(
     assert status == 200
     assert answered_in < 0.5
     assert value(series, ERRORS, **SELF, reason="timeout") >= 1
-    # Past the 0.8 s cycle timeout, the hung cycle is reported when the next one comes due (1 s).
-    assert 0.8 <= value(series, "tierwatch_collector_duration_seconds", **SELF) <= 1.0 + 0.1
+    # Past the 0.8 s cycle timeout, the hung cycle is reported when the next one comes due (1 s),
+    # give or take the scheduler thread's wake-up on a loaded machine.
+    assert 0.8 <= value(series, "tierwatch_collector_duration_seconds", **SELF) <= 1.0 + 0.25
     assert "recovered" in log
