@@ -6,10 +6,10 @@ ARGS ?=
 # the first python3 on PATH. Distributions (and the python image the Dockerfile uses) build it with
 # profile-guided and link-time optimisation, which a pyenv or source build leaves out by default:
 # measured here, 3.11.2 from Debian against pyenv's 3.11.7, the agent costs 10-15 % less CPU per
-# cycle and 0.9 MiB less RSS (benchmarks/overhead.py).
-PYTHON ?= $(shell for python in /usr/bin/python3 python3; do \
+# cycle and 0.9 MiB less RSS (benchmarks/overhead.py). With neither usable, python3 itself says why.
+PYTHON ?= $(or $(shell for python in /usr/bin/python3 python3; do \
 	"$$python" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-	&& { command -v "$$python"; break; }; done)
+	&& { command -v "$$python"; break; }; done),python3)
 
 .PHONY: run test lint system-packages bench clean
 

@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 
 from agent.config import Config, ConfigError
+from agent.config.model import SECRET_SECTIONS
 from agent.redact import REDACTOR, passwords_in
 from collectors.base import Collector
 
@@ -27,7 +28,7 @@ KUBERNETES_MODULE = "collectors.kubernetes"
 
 
 def register_secrets(config: Config) -> None:
-    for section in ("postgres", "pgbouncer", "redis"):
+    for section in SECRET_SECTIONS:
         for entry in getattr(config, section):
             connection = (entry.dsn if section != "redis" else entry.url).get_secret_value()
             REDACTOR.register(passwords_in(connection))

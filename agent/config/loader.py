@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from agent.config.model import LIST_SECTIONS, Config, ConfigError
+from agent.config.model import LIST_SECTIONS, SECRET_SECTIONS, Config, ConfigError
 from alerts.names import ALERT_NAMES
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def _prepared(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """What dataclass validation cannot do itself: read password files into ``password`` and gather
     each rule override's thresholds from its other keys."""
     prepared = dict(raw)
-    for section in ("postgres", "pgbouncer", "redis"):
+    for section in SECRET_SECTIONS:
         entries = prepared.get(section)
         if isinstance(entries, list):
             prepared[section] = [

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 LIST_SECTIONS = ("postgres", "pgbouncer", "redis", "app")
+# The list sections whose entries are SecretTargets: a password, a password_file, secrets to redact.
+SECRET_SECTIONS = ("postgres", "pgbouncer", "redis")
 
 
 class ConfigError(Exception):
@@ -184,7 +186,8 @@ class Config(Section):
     positive = ("interval", "timeout", "window")
     listen: str = "127.0.0.1:10090"
     interval: float = 5.0
-    # A cycle that takes longer is abandoned and reported with reason "timeout"; default 0.8 x interval.
+    # Bound on a cycle's queries; a cycle still running past it when the next is due is reported with
+    # reason "timeout". Default 0.8 x interval.
     timeout: float | None = None
     # How far back rules look ("replicas rose within the window"); the exported Prometheus rules use 15m.
     window: float = 900.0
