@@ -394,14 +394,18 @@ def test_targets_on_one_server_report_each_database_once(
     postgres_server: PostgresServer, stats_database: str
 ) -> None:
     """The share of pg_stat_database is written into the cycle's statement: the target on
-    ``postgres`` reports every database but the other target's, which reports its own only."""
+    ``postgres`` reports every database but the other target's, which reports its own only. Each
+    target logs in as a role of its own: the module's watcher allows one session per role."""
     entries = [
         {
             "name": name,
-            "dsn": postgres_server.dsn(MONITOR_ROLE, dbname),
-            "password": postgres_server.passwords[MONITOR_ROLE],
+            "dsn": postgres_server.dsn(role, dbname),
+            "password": postgres_server.passwords[role],
         }
-        for name, dbname in (("main", "postgres"), ("stats", stats_database))
+        for name, role, dbname in (
+            ("main", MONITOR_ROLE, "postgres"),
+            ("stats", UNPRIVILEGED_ROLE, stats_database),
+        )
     ]
     config = validate_config({"interval": 2, "postgres": entries})
     collectors = [build(config, entry) for entry in config.postgres]
