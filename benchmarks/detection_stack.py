@@ -31,7 +31,7 @@ import yaml
 
 from tests.fixtures import alertmanager_server as fixture
 from tests.fixtures.alertmanager_server import Alertmanager, Webhook
-from tests.support import free_port, http_get, parse_metrics, value
+from tests.support import DEPLOYED_ENVIRONMENT, free_port, http_get, parse_metrics, value
 
 TIERWATCH = Path(sys.executable).parent / "tierwatch"
 PROMETHEUS = "/usr/bin/prometheus"
@@ -39,10 +39,6 @@ EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 TARGET = "bench"  # tierwatch's name for the database, its alerts' `target` label
 EXIT_OK, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 2, 130
-# What every deployment of the agent sets (the Dockerfile's ENV, each container of the Helm chart, `make
-# run`): glibc gives each thread that allocates an arena of its own, up to 8 per CPU, and the agent's
-# threads then let RSS creep for minutes; two arenas keep it flat (benchmarks/soak.py).
-DEPLOYED_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # The common setup users run today, as the issue describes it.
@@ -96,7 +92,14 @@ def run_benchmark(
 
 def agent_environment() -> dict[str, str]:
     """This process's environment as a deployment hands it to ``tierwatch run``: DEPLOYED_ENVIRONMENT
-    set, and no TIERWATCH_* variable, which would override the config the benchmark is about."""
+    set, and no TIERWATCH_* variable, which would override the config the benchmark is about.
+
+    The bytecode cache it names must have been filled (by `make`): an agent that compiles its modules at
+    start-up keeps 2-4 MiB more resident than a deployed one, and would skew every memory figure.
+    """
+    cache = Path(DEPLOYED_ENVIRONMENT["PYTHONPYCACHEPREFIX"])
+    if next(cache.rglob("*.opt-2.pyc"), None) is None:
+        raise BenchmarkError(f"no bytecode cache in {cache}: run `make bench` or `make run`, which fill it")
     inherited = {key: val for key, val in os.environ.items() if not key.startswith("TIERWATCH_")}
     return {**inherited, **DEPLOYED_ENVIRONMENT}
 

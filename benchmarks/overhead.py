@@ -14,8 +14,9 @@ a mode whose two sides watch a server (postgres, redis) also names it as a ``Ser
 before them and stopped after them. A mode may also charge each side the CPU the server spends serving
 it (postgres: the backends of each side's connections), which is then reported and compared too.
 
-The agent runs as deployments start it: with DEPLOYED_ENVIRONMENT (MALLOC_ARENA_MAX=2, which the
-Dockerfile, the Helm chart and `make run` set), on the interpreter of the venv `make` built.
+The agent runs as deployments start it: with tests/support.py's DEPLOYED_ENVIRONMENT (two malloc
+arenas; PYTHONOPTIMIZE=2 from the bytecode cache `make` fills), on the interpreter of the venv `make`
+built, as the Dockerfile, the Helm chart and `make run` start it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from typing import IO, Protocol
 
 import psycopg
 from cpuclock import cpu_seconds
-from detection_stack import DEPLOYED_ENVIRONMENT
+from detection_stack import BenchmarkError, agent_environment
+
+from tests.support import DEPLOYED_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / ".venv" / "bin" / "tierwatch"
@@ -51,10 +54,6 @@ EXIT_OK, EXIT_CANNOT_RUN = 0, 2
 # Prometheus asks for the text format; gzip is left out so neither side is charged for compressing.
 SCRAPE_HEADERS = {"Accept": "text/plain;version=0.0.4", "User-Agent": "tierwatch-overhead-benchmark"}
 LAST_SUCCESS = "tierwatch_collector_last_success_timestamp_seconds"
-
-
-class BenchmarkError(Exception):
-    """Something the benchmark needs could not be started or read."""
 
 
 @dataclass(frozen=True)
@@ -575,9 +574,7 @@ def run(mode: Mode, seconds: int, workdir: Path) -> str:
         try:
             agent_port, peer_port = free_ports(2)
             agent_argv = [str(AGENT), "run", "--config", str(config), "--listen", f"127.0.0.1:{agent_port}"]
-            agent_process = start(
-                agent_argv, agent_log, "run .venv/bin/pip install -e . first", DEPLOYED_ENVIRONMENT
-            )
+            agent_process = start(agent_argv, agent_log, "run `make bench` first", agent_environment())
             sides.append(Side("tierwatch", agent_process, Scraper(agent_port)))
             peer_hint = f"install it: apt-get install -y {mode.peer_package}"
             peer_process = start(mode.peer_command(peer_port), peer_log, peer_hint, mode.peer_env)

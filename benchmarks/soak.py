@@ -7,7 +7,8 @@ Starts 10 redis-server processes, one PostgreSQL 15 cluster with 5 databases (a 
 PgBouncer in front of it, the recorded Kubernetes API stand-in, an app serving its own /metrics under a
 trickle of traffic, and Alertmanager; then `tierwatch run` with all of them plus the host collector
 (this machine's /proc) at interval 1 s, for --minutes in all, in the environment its deployments give
-it (MALLOC_ARENA_MAX=2, as the Dockerfile and the Helm chart set it; printed at the start). After the
+it (tests/support.py's DEPLOYED_ENVIRONMENT, as the Dockerfile and the Helm chart set it; printed at
+the start). After the
 warm-up it samples every --every seconds: RSS, threads (/proc/PID/status), open files and the sockets
 among them (/proc/PID/fd), the agent's connections as the servers count them (tierwatch sessions in
 pg_stat_activity, CLIENT LIST name=tierwatch on every Redis), the series on /metrics, CPU, and how
@@ -35,7 +36,7 @@ from typing import Any
 import psycopg
 import redis
 from cpuclock import cpu_seconds
-from detection_stack import DEPLOYED_ENVIRONMENT, alertmanager_server, run_benchmark
+from detection_stack import alertmanager_server, run_benchmark
 from fleet import (
     MONITOR_NAME,
     OBSERVER_NAME,
@@ -64,6 +65,7 @@ from fleet import (
 from tests.fixtures.kube_api import KubeApiServer
 from tests.fixtures.pgbouncer_server import STATS_USER
 from tests.fixtures.postgres_server import PostgresServer, owned_temp_dir
+from tests.support import DEPLOYED_ENVIRONMENT
 
 REDIS_TARGETS = 5 * 2
 POSTGRES_TARGETS = 5

@@ -22,6 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parent.parent
 # `make test` sets this: a missing tool is then a failure, not a skip.
 REQUIRE_TOOLS = os.environ.get("REQUIRE_TEST_TOOLS") == "1"
+# How every deployment starts the agent (the Makefile's RUN_ENV, the Dockerfile's ENV, each container
+# of the Helm chart), so that tests and benchmarks run it that way too:
+# - two malloc arenas: with glibc's default of one per allocating thread, up to 8 per CPU, the agent's
+#   threads let RSS creep for minutes (benchmarks/soak.py);
+# - no docstrings or asserts (1.7 MiB less RSS), read from the bytecode cache that `make` fills for the
+#   venv's interpreter, whose standard library may not be writable.
+DEPLOYED_ENVIRONMENT = {
+    "MALLOC_ARENA_MAX": "2",
+    "PYTHONOPTIMIZE": "2",
+    "PYTHONPYCACHEPREFIX": str(Path(sys.prefix) / "pycache"),
+}
 
 
 def free_port() -> int:
@@ -86,7 +97,7 @@ class BackgroundLoop:
 
 
 class AgentProcess:
-    """``tierwatch run`` as a child process with a config written from a dict."""
+    """``tierwatch run`` as a child process, started as deployed, with a config written from a dict."""
 
     def __init__(
         self, tmp_path: Path, config: Mapping[str, Any], env: Mapping[str, str] | None = None
@@ -95,7 +106,7 @@ class AgentProcess:
         self.config_path = tmp_path / "tierwatch.yaml"
         self.config_path.write_text(yaml.safe_dump(dict(config)))
         self.log_path = tmp_path / "agent.log"
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**os.environ, **DEPLOYED_ENVIRONMENT, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

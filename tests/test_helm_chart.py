@@ -21,7 +21,7 @@ import yaml
 
 from agent.config import Config
 from agent.config.loader import load_config
-from tests.support import REPO, require_tool
+from tests.support import DEPLOYED_ENVIRONMENT, REPO, require_tool
 
 CHART = REPO / "helm" / "tierwatch"
 CI_VALUES = {path.stem: path for path in sorted((CHART / "ci").glob("*.yaml"))}
@@ -42,9 +42,8 @@ SENTINEL = "s3ntinel-Pa55word-must-not-render"
 # What the test pretends the downward API and the Secret hold when it loads a config.
 NODE_NAME, POD_NAME = "node-1", "pod-1"
 SECRET_DSN, SECRET_URL = "host=db.example port=5432 user=tierwatch", "redis://cache.example:6379/0"
-# Set wherever the agent is deployed: glibc's default of an arena per allocating thread lets its RSS creep
-# (benchmarks/soak.py).
-RUNTIME_ENV = {"MALLOC_ARENA_MAX": "2"}
+# How every deployment starts the agent, but for the bytecode cache: the image keeps it where Python looks.
+RUNTIME_ENV = {key: value for key, value in DEPLOYED_ENVIRONMENT.items() if key != "PYTHONPYCACHEPREFIX"}
 
 Manifest = dict[str, Any]
 
