@@ -147,9 +147,11 @@ def info_pages(draw: st.DrawFn, fault: str = "none", counters: Mapping[str, str]
     for field, values in TEXT_FIELDS.items():
         if field not in ("role", "run_id") and draw(st.booleans()):
             lines.append(f"{field}:{draw(st.sampled_from(values))}")
-    for command in draw(st.lists(st.sampled_from(COMMANDS), max_size=3, unique=True)):
-        lines.append(f"cmdstat_{command}:{draw(cmdstat_text)}")
-        lines.append(f"latency_percentiles_usec_{command}:{draw(latencystats_text)}")
+    commands = draw(st.lists(st.sampled_from(COMMANDS), max_size=3, unique=True))
+    lines.append("# Commandstats")
+    lines += [f"cmdstat_{command}:{draw(cmdstat_text)}" for command in commands]
+    lines.append("# Latencystats")
+    lines += [f"latency_percentiles_usec_{command}:{draw(latencystats_text)}" for command in commands]
     if fault == "garbage pairs":
         lines.append(f"latency_percentiles_usec_{draw(st.sampled_from(COMMANDS))}:{draw(garbage)}")
     if fault == "garbage line":

@@ -59,6 +59,8 @@ def test_info_fields_of_all_sections() -> None:
         "lag": "0",
     }
     assert info.optional("pubsub_clients") is None
+    assert info.sections["Latencystats"]["latency_percentiles_usec_set"] == "p50=5.023,p99=5.023,p99.9=5.023"
+    assert {key for section in info.sections.values() for key in section} == set(info.fields)
 
 
 def test_busiest_commands_are_bounded_and_ordered_by_calls() -> None:
@@ -103,12 +105,12 @@ def test_non_numeric_and_missing_fields_are_parse_errors() -> None:
 
 
 def test_malformed_latencystats_and_cmdstat_are_parse_errors() -> None:
-    broken_latency = parse_info("latency_percentiles_usec_get:p50=fast\r\n")
+    broken_latency = parse_info("# Latencystats\r\nlatency_percentiles_usec_get:p50=fast\r\n")
     with pytest.raises(CollectorError, match="latencystats of get") as raised:
         command_latencies(broken_latency, ["get"])
     assert raised.value.reason is Reason.PARSE
     with pytest.raises(CollectorError, match="not a list of name=value"):
-        busiest_commands(parse_info("cmdstat_get:calls\r\n"), 10)
+        busiest_commands(parse_info("# Commandstats\r\ncmdstat_get:calls\r\n"), 10)
 
 
 def test_subscribers_counted_from_client_list() -> None:

@@ -12,8 +12,8 @@ from types import MappingProxyType
 
 from collectors.base import CollectorError, Reason
 
-CMDSTAT_PREFIX = "cmdstat_"
-LATENCY_PREFIX = "latency_percentiles_usec_"
+CMDSTAT_SECTION, CMDSTAT_PREFIX = "Commandstats", "cmdstat_"
+LATENCY_SECTION, LATENCY_PREFIX = "Latencystats", "latency_percentiles_usec_"
 # Slow-log arguments can hold user data; evidence needs the command and its key, not the values.
 SLOWLOG_TEXT_LIMIT = 40
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -25,9 +25,11 @@ def _parse_error(detail: str) -> CollectorError:
 
 @dataclass(frozen=True, slots=True)
 class Info:
-    """The ``key:value`` fields of all INFO sections; keys are unique across sections."""
+    """The ``key:value`` fields of all INFO sections (keys are unique across sections), and the same
+    fields by section ("Commandstats": {"cmdstat_get": ...}), for what only one section holds."""
 
     fields: Mapping[str, str]
+    sections: Mapping[str, Mapping[str, str]]
 
     def text(self, key: str) -> str | None:
         return self.fields.get(key)
@@ -51,24 +53,30 @@ class Info:
     def pairs(self, key: str) -> dict[str, str]:
         return parse_pairs(self.fields[key], key)
 
-    def with_prefix(self, prefix: str) -> dict[str, str]:
-        """``{rest of the key: value}`` of the fields whose key starts with ``prefix``."""
-        return {key[len(prefix) :]: value for key, value in self.fields.items() if key.startswith(prefix)}
+    def with_prefix(self, section: str, prefix: str) -> dict[str, str]:
+        """``{rest of the key: value}`` of the fields of ``section`` whose key starts with ``prefix``."""
+        fields = self.sections.get(section, {})
+        return {key[len(prefix) :]: value for key, value in fields.items() if key.startswith(prefix)}
 
 
 def parse_info(text: str) -> Info:
+    # Runs on every cycle over some 200 lines: plain indexing where a method call would do the same.
     fields: dict[str, str] = {}
-    for number, raw_line in enumerate(text.splitlines(), start=1):
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue  # blank lines and "# Section" headers
+    sections: dict[str, dict[str, str]] = {}
+    section = sections.setdefault("", {})  # fields before the first header, which Redis never sends
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line:
+            continue
+        if line[0] == "#":  # "# Commandstats"
+            section = sections.setdefault(line[1:].strip(), {})
+            continue
         key, colon, value = line.partition(":")
         if not colon or not key or " " in key:
             raise _parse_error(f"INFO line {number} is not key:value: {line[:40]!r}")
-        fields[key] = value
+        fields[key] = section[key] = value
     if not fields:
         raise _parse_error("INFO reply is empty")
-    return Info(MappingProxyType(fields))
+    return Info(MappingProxyType(fields), MappingProxyType(sections))
 
 
 def parse_pairs(value: str, where: str) -> dict[str, str]:
@@ -93,14 +101,14 @@ def busiest_commands(info: Info, limit: int) -> list[str]:
     """The ``limit`` commands with the most calls since start, most called first."""
     calls = {
         command: _number(parse_pairs(value, CMDSTAT_PREFIX + command).get("calls", "0"), command)
-        for command, value in info.with_prefix(CMDSTAT_PREFIX).items()
+        for command, value in info.with_prefix(CMDSTAT_SECTION, CMDSTAT_PREFIX).items()
     }
     return sorted(calls, key=lambda command: (-calls[command], command))[:limit]
 
 
 def command_latencies(info: Info, commands: Sequence[str]) -> dict[tuple[str, str], float]:
     """``{(command, quantile): seconds}`` from INFO latencystats, for those of ``commands`` it lists."""
-    percentiles = info.with_prefix(LATENCY_PREFIX)
+    percentiles = info.with_prefix(LATENCY_SECTION, LATENCY_PREFIX)
     latencies: dict[tuple[str, str], float] = {}
     for command in commands:
         raw = percentiles.get(command)
