@@ -62,6 +62,9 @@ class AlertingJob:
         self._clock = clock
         self._tracker = AlertTracker()
 
+    def carry_over(self, previous: AlertingJob) -> None:
+        self._tracker.carry_over(previous._tracker)
+
     def run_cycle(self) -> None:
         verdicts = classify(self._store.windows(), self._rules, SIGNALS)
         active, resolved = self._tracker.update(verdicts, self._clock())

@@ -52,6 +52,7 @@ class Pipeline:
     store: Store
     page: MetricsPage
     scheduler: Scheduler
+    alerting: AlertingJob
     sender: AlertmanagerSender | None
 
     @classmethod
@@ -67,7 +68,7 @@ class Pipeline:
         scheduler = Scheduler(runners, config.interval, after_each_round=alerting.run_cycle)
         specs = {collector.name: collector.metrics for collector in collectors}
         page = MetricsPage(store, specs, sender.deliveries if sender else None)
-        return cls(config, store, page, scheduler, sender)
+        return cls(config, store, page, scheduler, alerting, sender)
 
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(alert, self.config.runbook_base_url) for alert in self.store.alerts()]
@@ -84,6 +85,14 @@ class Pipeline:
         self.scheduler.stop()
         if self.sender is not None:
             self.sender.stop()
+
+    def take_over(self, previous: Pipeline) -> None:
+        """Before ``start``: continues what ``previous`` (stopped) knew of the targets and alerts both
+        configurations have, so that a reload neither resets nor re-raises an alert."""
+        self.store.carry_over(previous.store)
+        self.alerting.carry_over(previous.alerting)
+        if self.sender is not None and previous.sender is not None:
+            self.sender.carry_over(previous.sender)
 
     def serve_through(self, server: AgentServer) -> None:
         server.page, server.store, server.alerts = self.page, self.store, self.alerts
@@ -121,6 +130,7 @@ def reload(current: Pipeline, server: AgentServer, load: Callable[[], Config]) -
     if config.listen != current.config.listen:
         log.warning("listen changed to %s: it takes effect at the next restart", config.listen)
     current.stop()
+    fresh.take_over(current)
     fresh.serve_through(server)
     fresh.start()
     log.info("configuration reloaded")

@@ -89,6 +89,25 @@ class Store:
             )
             self.version += 1
 
+    def carry_over(self, previous: Store) -> None:
+        """Takes from ``previous``, a reloaded configuration's store, the windows and statuses of the
+        targets registered here too, and its alerts until the next alerting cycle: a reload restarts
+        no window, no `for` timer, no error count, and /readyz stays ready."""
+        with previous._lock:
+            rings = {key: ring.snapshot() for key, ring in previous._rings.items()}
+            latest, statuses = dict(previous._latest), dict(previous._status)
+            alerts, signals = previous._alerts, dict(previous._signals)
+        with self._lock:
+            for key in self._status.keys() & statuses.keys():
+                self._status[key] = statuses[key]
+                if key in latest:
+                    self._latest[key] = latest[key]
+                ring = self._rings[key] = Ring(self._window_seconds, self._capacity)
+                for sample in rings.get(key, ()):
+                    ring.add(sample)
+            self._alerts, self._signals = alerts, signals
+            self.version += 1
+
     def record_failure(self, key: TargetKey, reason: Reason, detail: str, duration: float) -> None:
         with self._lock:
             # A target that is down exports no tier series: stale values would read as current.

@@ -104,6 +104,19 @@ class AlertmanagerSender:
     def start(self) -> None:
         self._thread.start()
 
+    def carry_over(self, previous: AlertmanagerSender) -> None:
+        """Before ``start``, after a reload: takes the resolutions ``previous`` was still re-sending,
+        and its counts for each Alertmanager both send to, which count since the agent started."""
+        with previous._lock:
+            resolved, dropped = dict(previous._resolved), previous._dropped
+        counts = {endpoint.url: endpoint for endpoint in previous._endpoints}
+        with self._lock:
+            self._resolved.update(resolved)
+            self._dropped += dropped
+        for endpoint in self._endpoints:
+            if (before := counts.get(endpoint.url)) is not None:
+                endpoint.alerts_sent, endpoint.alerts_failed = before.alerts_sent, before.alerts_failed
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()

@@ -40,6 +40,11 @@ class AlertTracker:
     def __init__(self) -> None:
         self._active: dict[AlertKey, Alert] = {}
 
+    def carry_over(self, previous: AlertTracker) -> None:
+        """Continues the lifecycle of ``previous``'s alerts (after a reload). The next update judges
+        them under the new rules: one whose rule or target is gone resolves as usual."""
+        self._active = dict(previous._active)
+
     def update(self, verdicts: list[Verdict], now: float) -> tuple[list[Alert], list[Alert]]:
         """Applies one cycle's verdicts; returns (active alerts, alerts resolved in this cycle)."""
         holding = {verdict.key: verdict for verdict in verdicts if verdict.truth}

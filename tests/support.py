@@ -155,6 +155,13 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def reload(self, config: Mapping[str, Any] | str) -> None:
+        """Rewrites the config file (a dict, or text as it is) and sends SIGHUP."""
+        text = config if isinstance(config, str) else yaml.safe_dump(dict(config))
+        self.config_path.write_text(text)
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> int:
         assert self.process is not None
         if self.process.poll() is None:

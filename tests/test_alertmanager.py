@@ -18,6 +18,7 @@ from alerts.lifecycle import Alert, State
 from alerts.table import RULES
 from tests.fixtures.alertmanager_server import Alertmanager
 from tests.proc_trees import DATA
+from tests.scenarios import active_alerts
 from tests.support import AgentProcess, http_get, value
 
 RULE = RULES[0]  # MemorySwapping
@@ -151,6 +152,26 @@ def test_deliveries_are_counted_per_alertmanager_without_credentials() -> None:
     assert post.posts[0][0] == "http://tierwatch:s3cret-pass@am-a:9093/api/v2/alerts"  # still used to post
 
 
+def test_a_reloaded_sender_re_sends_what_the_last_one_still_had_to() -> None:
+    post, clock = Recorder(), Clock()
+    before = sender(post, clock, ("http://am-a:9093", "http://am-b:9093"))
+    before.notify([alert(State.FIRING)], [])
+    before.send_due()
+    before.notify([], [alert(State.RESOLVED, resolved_at=clock.now)])
+    before.stop()  # reloaded before the resolution went out
+    after = sender(post, clock, ("http://am-a:9093", "http://am-c:9093"))
+    after.carry_over(before)
+    after.notify([], [])
+    after.send_due()
+    resolutions = [(url, [a["endsAt"] for a in alerts]) for url, alerts in post.posts[2:]]
+    assert resolutions == [
+        ("http://am-a:9093/api/v2/alerts", ["1970-01-01T00:16:40.000Z"]),
+        ("http://am-c:9093/api/v2/alerts", ["1970-01-01T00:16:40.000Z"]),
+    ]
+    # counted on for an Alertmanager both configurations name, from zero for a new one
+    assert after.deliveries().sent == (("http://am-a:9093", 2), ("http://am-c:9093", 1))
+
+
 def test_resolutions_dropped_from_a_full_queue_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("alerts.alertmanager.MAX_ALERTS", 2)
     out = sender(Recorder(), Clock())
@@ -228,10 +249,10 @@ def switch(root: Path, tree: str) -> None:
     shutil.copytree(DATA / tree / "t1" / "proc", root / "proc")
 
 
-def test_agent_raises_and_resolves_through_alertmanager(
-    tmp_path: Path, live_proc: Path, alertmanager: Alertmanager
-) -> None:
-    config = {
+def swapping_host_agent(live_proc: Path, alertmanager: Alertmanager) -> dict[str, Any]:
+    """An agent's config: the host collector on ``live_proc`` (swapping at first), sending to
+    ``alertmanager``."""
+    return {
         "interval": 0.5,
         "host": {
             "name": "node-a",
@@ -244,7 +265,12 @@ def test_agent_raises_and_resolves_through_alertmanager(
         # too; which rule a swapping host gets is the classifier test's business, delivery is this one's.
         "rules": {"MemorySwapping": {"for": 1, "keep_firing_for": 0}, "DiskIOBound": {"enabled": False}},
     }
-    with AgentProcess(tmp_path, config) as agent:
+
+
+def test_agent_raises_and_resolves_through_alertmanager(
+    tmp_path: Path, live_proc: Path, alertmanager: Alertmanager
+) -> None:
+    with AgentProcess(tmp_path, swapping_host_agent(live_proc, alertmanager)) as agent:
         # memory 95% used with a 42.5% memory stall: swapping
         wait_until(
             lambda: alertmanager.webhook.statuses("MemorySwapping") == ["firing"], "firing notification"
@@ -276,3 +302,37 @@ def test_agent_raises_and_resolves_through_alertmanager(
         wait_until(lambda: alertmanager.webhook.statuses("MemorySwapping")[-1:] == ["resolved"], "resolution")
         assert json.loads(http_get(f"{agent.url}/api/v1/alerts")[1]) == []
         assert alertmanager.alerts() == []
+
+
+def test_reload_neither_resets_nor_re_raises_a_firing_alert(
+    tmp_path: Path, live_proc: Path, alertmanager: Alertmanager
+) -> None:
+    config = swapping_host_agent(live_proc, alertmanager)
+    with AgentProcess(tmp_path, config) as agent:
+        wait_until(
+            lambda: alertmanager.webhook.statuses("MemorySwapping") == ["firing"], "firing notification"
+        )
+        (before,) = active_alerts(agent)
+        sent_before = sent_total(agent, alertmanager)
+        # A reload that changes something else: the firing alert goes on as it was.
+        agent.reload({**config, "alertmanager": {"urls": [alertmanager.url], "resend_interval": 2}})
+        agent.wait_for(lambda: "configuration reloaded" in agent.log(), "the reload")
+        time.sleep(2.5)  # five cycles and a re-send under the new configuration
+        after = [(a["name"], a["state"], a["active_since"]) for a in active_alerts(agent)]
+        assert after == [("MemorySwapping", "firing", before["active_since"])]
+        assert alertmanager.webhook.statuses("MemorySwapping") == ["firing"]
+        (held,) = alertmanager.alerts()
+        assert held["startsAt"].startswith(before["active_since"][:19])
+        assert sent_total(agent, alertmanager) > sent_before  # counted on from before the reload
+        # A reload that disables the rule resolves the alert, and the resolution is delivered.
+        rules = {**config["rules"], "MemorySwapping": {"enabled": False}}
+        agent.reload({**config, "rules": rules})
+        wait_until(lambda: alertmanager.webhook.statuses("MemorySwapping")[-1:] == ["resolved"], "resolution")
+        assert active_alerts(agent) == []
+        assert alertmanager.alerts() == []
+
+
+def sent_total(agent: AgentProcess, alertmanager: Alertmanager) -> float:
+    sent = value(agent.metrics(), "tierwatch_alertmanager_alerts_sent_total", alertmanager=alertmanager.url)
+    assert sent is not None
+    return sent

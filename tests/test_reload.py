@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import yaml
@@ -16,24 +15,16 @@ def up(agent: AgentProcess, collector: str, target: str) -> float | None:
     return value(agent.metrics(), "tierwatch_collector_up", collector=collector, target=target)
 
 
-def rewrite(agent: AgentProcess, config: dict[str, object] | str) -> None:
-    text = config if isinstance(config, str) else yaml.safe_dump(config)
-    agent.config_path.write_text(text)
-    assert agent.process is not None
-    agent.process.send_signal(signal.SIGHUP)
-
-
 def test_reload_switches_targets_and_keeps_serving(tmp_path: Path, redis_server: RedisServer) -> None:
     first = {"interval": 0.5, "host": quiet_host()}
     with AgentProcess(tmp_path, first) as agent:
         port = agent.port
         assert up(agent, "host", "node-a") == 1
-        rewrite(agent, {**first, "redis": [{"name": "sessions", "url": redis_server.url}]})
+        agent.reload({**first, "redis": [{"name": "sessions", "url": redis_server.url}]})
         agent.wait_for(lambda: up(agent, "redis", "sessions") == 1, "the new redis target")
         assert up(agent, "host", "node-a") == 1
         # a target dropped from the config disappears from /metrics
-        rewrite(
-            agent,
+        agent.reload(
             {
                 "interval": 0.5,
                 "host": {"enabled": False},
@@ -56,7 +47,7 @@ def test_invalid_new_config_keeps_the_old_one(tmp_path: Path) -> None:
                 "unknown threshold memory",
             ),
         ):
-            rewrite(agent, broken)
+            agent.reload(broken)
             agent.wait_for(lambda reason=reason: reason in agent.log(), f"the reason ({reason})")
             assert "reload failed, keeping the running configuration" in agent.log()
             assert agent.process is not None

@@ -155,6 +155,30 @@ def test_store_window_is_bounded_and_thinned() -> None:
     assert all(gap >= 10.0 for gap in gaps)
 
 
+def test_a_reloaded_store_carries_over_the_targets_it_still_has() -> None:
+    before = Store()
+    for target in ("kept", "dropped"):
+        before.register("ticking", target)
+        for second in range(3):
+            out = Ticking(target).builder()
+            out.set("test_ticks", second)
+            before.record_success(out.build("ticking", target, float(second)), 0.001)
+    before.record_failure(("ticking", "kept"), Reason.TIMEOUT, "slow", 0.8)
+    after = Store()
+    after.register("ticking", "kept")
+    after.register("ticking", "new")
+    after.carry_over(before)
+    assert after.window("ticking", "kept") == before.window("ticking", "kept")
+    assert [sample.get("test_ticks") for sample in after.window("ticking", "kept")] == [0, 2]  # thinned
+    statuses = after.statuses()
+    assert statuses[("ticking", "kept")].errors_total[Reason.TIMEOUT] == 1
+    assert statuses[("ticking", "kept")].cycles == 4
+    assert statuses[("ticking", "new")].cycles == 0
+    assert ("ticking", "dropped") not in statuses
+    assert after.window("ticking", "dropped") == ()
+    assert after.latest() == []  # the kept target's last cycle failed: no series until it answers
+
+
 def test_check_reports_a_hung_collector_and_does_not_wait_for_it() -> None:
     """`tierwatch check` runs two cycles by itself: a hung collector is reported in each, once past
     the timeout, and the other targets' cycles are recorded."""
