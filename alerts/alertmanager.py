@@ -18,11 +18,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
 
 from alerts.lifecycle import Alert, AlertKey, State
 from alerts.present import describe_evidence, rfc3339
+from collectors.urls import basic_auth_request
 
 log = logging.getLogger("tierwatch.alertmanager")
 RESOLVED_RESEND_SECONDS = 15 * 60
@@ -33,9 +35,7 @@ Post = Callable[[str, bytes, float], None]
 
 
 def post_json(url: str, body: bytes, timeout: float) -> None:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
+    request = basic_auth_request(url, {"Content-Type": "application/json"}, data=body, method="POST")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         response.read()
 
@@ -169,7 +169,8 @@ class AlertmanagerSender:
         body = json.dumps([self._payload(alert, now) for alert in alerts]).encode()
         try:
             self._post(endpoint.url, body, self._timeout)
-        except (OSError, urllib.error.URLError, ValueError) as error:
+        # HTTPException: a reply that is not HTTP (a TLS port, another protocol, a cut-off body).
+        except (OSError, urllib.error.URLError, ValueError, HTTPException) as error:
             endpoint.alerts_failed += len(alerts)
             endpoint.failures += 1
             backoff = min(MAX_BACKOFF_SECONDS, self._resend, 2.0 ** (endpoint.failures - 1))
@@ -213,5 +214,9 @@ class AlertmanagerSender:
         while not self._stop.is_set():
             self._wake.wait(TICK_SECONDS)
             self._wake.clear()
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                break
+            try:
                 self.send_due()
+            except Exception:  # a bug here must not end alert delivery for the agent's lifetime
+                log.exception("sending alerts failed; trying again in %g s", TICK_SECONDS)

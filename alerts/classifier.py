@@ -39,7 +39,6 @@ class Verdict:
 
     @property
     def key(self) -> tuple[str, str, str]:
-
         return (self.rule.name, self.collector, self.target)
 
 
@@ -166,14 +165,12 @@ def _with_inputs(names: list[str], signals: Registry) -> list[Signal]:
 
 
 def _add_derived(values: dict[str, float], signals: list[Signal]) -> None:
-
     for signal in signals:
         if signal.derived and (value := signal.from_values(values)) is not None:
             values[signal.name] = value
 
 
 def _name_root_causes(verdicts: list[Verdict]) -> list[Verdict]:
-
     causes = [v for v in verdicts if v.truth and v.rule.root_cause]
     if not causes:
         return verdicts

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from alerts.alertmanager import RESOLVED_RESEND_SECONDS, AlertmanagerSender
+from alerts.alertmanager import RESOLVED_RESEND_SECONDS, AlertmanagerSender, post_json
 from alerts.classifier import Verdict
 from alerts.lifecycle import Alert, State
 from alerts.table import RULES
@@ -134,6 +136,30 @@ def test_unreachable_alertmanager_is_retried_with_backoff() -> None:
     clock.now += 1
     out.send_due()
     assert len(post.posts) == 1
+
+
+def test_a_reply_that_is_not_http_is_a_failed_delivery() -> None:
+    """An Alertmanager URL that points at something else (here a server greeting in its own
+    protocol) fails that post and is retried; it must not end the sender."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        greeter = threading.Thread(target=greet_once, args=(listener,), daemon=True)
+        greeter.start()
+        out = AlertmanagerSender(
+            (url,), 5.0, 60.0, timeout=2.0, static_labels={}, runbook_base_url="", post=post_json
+        )
+        out.notify([alert(State.FIRING)], [])
+        out.send_due()
+        greeter.join(5)
+    assert out.deliveries().failed == ((url, 1),)
+    assert out.deliveries().sent == ((url, 0),)
+
+
+def greet_once(listener: socket.socket) -> None:
+    connection, _ = listener.accept()
+    with connection:
+        connection.recv(65536)
+        connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
 
 
 def test_deliveries_are_counted_per_alertmanager_without_credentials() -> None:

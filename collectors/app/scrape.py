@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 from collectors.app.histogram import histogram_quantile
 from collectors.base import CollectorError, Reason, SampleBuilder, as_finite
 from collectors.deltas import Deltas
+from collectors.urls import basic_auth_request
 
 STATUS_LABELS = ("status", "code", "status_code")
 SERVER_ERROR = re.compile(r"5(\d\d|xx)", re.IGNORECASE)
@@ -47,7 +48,7 @@ def safe_url(url: str) -> str:
 
 def fetch(url: str, timeout: float) -> str:
     where = f"scraping {safe_url(url)}"
-    request = urllib.request.Request(url, headers={"Accept": ACCEPT, "User-Agent": "tierwatch"})
+    request = basic_auth_request(url, {"Accept": ACCEPT, "User-Agent": "tierwatch"})
     try:
         with OPENER.open(request, timeout=timeout) as response:
             body: bytes = response.read(MAX_BYTES + 1)
