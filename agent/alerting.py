@@ -63,7 +63,24 @@ class AlertingJob:
         self._tracker = AlertTracker()
 
     def carry_over(self, previous: AlertingJob) -> None:
-        self._tracker.carry_over(previous._tracker)
+        """Continues ``previous``'s alerts; those of a rule this configuration disables or of a target it
+        no longer has resolve now (and the resolution is sent), without a keep-firing wait."""
+        enabled = {rule.name for rule in self._rules if rule.enabled}
+        targets = self._store.statuses().keys()
+
+        def still_judged(alert: Alert) -> bool:
+            verdict = alert.verdict
+            return verdict.rule.name in enabled and any(
+                collector == verdict.collector
+                and (verdict.target == target or verdict.target.startswith(f"{target}/"))
+                for collector, target in targets
+            )
+
+        resolved = self._tracker.carry_over(previous._tracker, still_judged, self._clock())
+        active = tuple(alert for alert in self._store.alerts() if still_judged(alert))
+        self._store.set_alerts(active, self._store.signals())
+        if resolved and self._notify is not None:
+            self._notify(list(active), resolved)
 
     def run_cycle(self) -> None:
         verdicts = classify(self._store.windows(), self._rules, SIGNALS)

@@ -22,6 +22,7 @@ from alerts.present import alert_json
 
 log = logging.getLogger("tierwatch")
 EXIT_OK, EXIT_CANNOT_RUN = 0, 2
+HAND_OVER_SECONDS = 2.0
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -81,18 +82,20 @@ class Pipeline:
             self.sender.start()
         self.scheduler.start()
 
-    def stop(self) -> None:
+    def stop(self, handing_over: bool = False) -> None:
+        """``handing_over``: a reload will take over, so a post in progress is given a moment to end
+        and be counted (bounded: a SIGTERM meanwhile still stops the agent within seconds)."""
         self.scheduler.stop()
         if self.sender is not None:
-            self.sender.stop()
+            self.sender.stop(wait=HAND_OVER_SECONDS if handing_over else 0.0)
 
     def take_over(self, previous: Pipeline) -> None:
         """Before ``start``: continues what ``previous`` (stopped) knew of the targets and alerts both
         configurations have, so that a reload neither resets nor re-raises an alert."""
         self.store.carry_over(previous.store)
-        self.alerting.carry_over(previous.alerting)
         if self.sender is not None and previous.sender is not None:
             self.sender.carry_over(previous.sender)
+        self.alerting.carry_over(previous.alerting)  # last: it may hand the sender resolutions
 
     def serve_through(self, server: AgentServer) -> None:
         server.page, server.store, server.alerts = self.page, self.store, self.alerts
@@ -129,7 +132,7 @@ def reload(current: Pipeline, server: AgentServer, load: Callable[[], Config]) -
         return current
     if config.listen != current.config.listen:
         log.warning("listen changed to %s: it takes effect at the next restart", config.listen)
-    current.stop()
+    current.stop(handing_over=True)
     fresh.take_over(current)
     fresh.serve_through(server)
     fresh.start()

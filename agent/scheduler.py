@@ -166,22 +166,30 @@ class Round:
         self._after = after
         self._lock = threading.Lock()
         self._running = threading.Lock()
-        self.stopped = False
+        self._stopped = False
 
     def finished(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._pending.discard(key)
-            if self._pending or self.stopped:
+            if self._pending or self._stopped:
                 return
             self._pending = set(self._keys)
         # A round that completes while the last one's run is still going is coalesced into it.
         if not self._running.acquire(blocking=False):
             return
         try:
-            self._after()
+            if not self._stopped:  # checked again under _running, which stop() waits for
+                self._after()
         except Exception as error:  # a bug after a round must not cost the collector job its cycle
             log.error("after-round job failed: %s", REDACTOR.scrub(f"{type(error).__name__}: {error}"))
         finally:
+            self._running.release()
+
+    def stop(self, timeout: float) -> None:
+        """No run of ``after`` starts from now on; one that is running is given ``timeout`` to end,
+        so that what it leaves behind is complete when a reload takes it over."""
+        self._stopped = True
+        if self._running.acquire(timeout=timeout):
             self._running.release()
 
 
@@ -233,7 +241,7 @@ class Scheduler:
         return cycle
 
     def stop(self) -> None:
-        self._round.stopped = True
+        self._round.stop(CLOSE_TIMEOUT)
         for runner in self.runners:
             runner.stop()
         self._scheduler.shutdown(wait=False)

@@ -25,6 +25,8 @@ LIST_SECTIONS: dict[str, str] = {
     "app": "collectors.app",
 }
 KUBERNETES_MODULE = "collectors.kubernetes"
+# What to install for a tier whose client library the base install leaves out.
+EXTRAS = {KUBERNETES_MODULE: "tierwatch[kubernetes]"}
 
 
 def register_secrets(config: Config) -> None:
@@ -41,10 +43,12 @@ def register_secrets(config: Config) -> None:
 def _factory(module_name: str) -> Callable[[Config, Any], Collector]:
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        raise ConfigError(f"{module_name.rpartition('.')[2]}: this build has no such collector yet") from None
+    except ImportError as error:
+        # A config error, not a crash: at start it exits 2 naming the problem, at reload it keeps
+        # the running configuration.
+        section = module_name.rpartition(".")[2]
+        hint = f"; install {EXTRAS[module_name]}" if module_name in EXTRAS else ""
+        raise ConfigError(f"{section}: cannot load its client library: {error}{hint}") from None
     return module.build
 
 

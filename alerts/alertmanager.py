@@ -117,9 +117,12 @@ class AlertmanagerSender:
             if (before := counts.get(endpoint.url)) is not None:
                 endpoint.alerts_sent, endpoint.alerts_failed = before.alerts_sent, before.alerts_failed
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> None:
+        """Ends the sender thread; ``wait`` > 0 waits that long for a post in progress to end."""
         self._stop.set()
         self._wake.set()
+        if wait > 0 and self._thread.is_alive():
+            self._thread.join(wait)
 
     def notify(self, active: list[Alert], resolved: list[Alert]) -> None:
         """Takes one cycle's state; pending alerts are not sent, as in Prometheus."""

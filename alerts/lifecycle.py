@@ -5,6 +5,7 @@ is unknown a firing alert keeps its last evidence."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -40,10 +41,16 @@ class AlertTracker:
     def __init__(self) -> None:
         self._active: dict[AlertKey, Alert] = {}
 
-    def carry_over(self, previous: AlertTracker) -> None:
-        """Continues the lifecycle of ``previous``'s alerts (after a reload). The next update judges
-        them under the new rules: one whose rule or target is gone resolves as usual."""
-        self._active = dict(previous._active)
+    def carry_over(self, previous: AlertTracker, keep: Callable[[Alert], bool], now: float) -> list[Alert]:
+        """Continues the lifecycle of ``previous``'s alerts that ``keep`` accepts (after a reload: the
+        rule and the target are still configured). The others end now; returns those that fired, as
+        resolved at ``now``."""
+        self._active = {key: alert for key, alert in previous._active.items() if keep(alert)}
+        return [
+            replace(alert, state=State.RESOLVED, resolved_at=now)
+            for key, alert in previous._active.items()
+            if key not in self._active and alert.state is State.FIRING
+        ]
 
     def update(self, verdicts: list[Verdict], now: float) -> tuple[list[Alert], list[Alert]]:
         """Applies one cycle's verdicts; returns (active alerts, alerts resolved in this cycle)."""

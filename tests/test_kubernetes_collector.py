@@ -272,9 +272,30 @@ def test_unusable_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
 def test_the_agent_does_not_import_kubernetes_unless_enabled() -> None:
     code = (
         "import sys, agent.cli, agent.run, agent.wiring, collectors.app\n"
-        "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n"
+        "sys.exit('kubernetes imported' if 'kubernetes' in sys.modules else 0)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_a_missing_client_library_is_a_config_error() -> None:
+    """Installed without the kubernetes extra: the section is refused with what to install, so that a
+    reload keeps the running configuration and a start exits 2."""
+    code = (
+        "import sys\n"
+        "sys.modules['kubernetes'] = None  # what an install without the extra finds\n"
+        "from agent.config import ConfigError\n"
+        "from agent.config.loader import validate_config\n"
+        "from agent.wiring import build_collectors\n"
+        "try:\n"
+        "    build_collectors(validate_config({'kubernetes': {'enabled': True}}))\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("kubernetes: cannot load its client library: ")
+    assert result.stdout.rstrip().endswith("; install tierwatch[kubernetes]")
 
 
 def test_agent_end_to_end(tmp_path: Path, kube_api: KubeApiServer, app_server: AppServer) -> None:
