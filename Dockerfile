@@ -19,8 +19,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY . /src
 RUN pip install --no-cache-dir "/src[kubernetes]" \
     && rm -rf /src \
-    && python -OO -m compileall -q -j0 -x 'bad_coding|badsyntax|lib2to3/tests/data' \
-        "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
+    && python -OO -m compileall -q -j0 -x 'bad_coding|badsyntax|lib2to3/tests/data' $(python -c \
+        'import sysconfig; print(sysconfig.get_path("stdlib"), sysconfig.get_path("purelib"))')
 
 # PYTHONOPTIMIZE=2: no docstrings or asserts in memory, 1.7 MiB less RSS (set after pip, which runs
 # without it). The Helm chart sets it too, for images built otherwise.

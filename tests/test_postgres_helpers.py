@@ -3,15 +3,18 @@ statement texts. No server needed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agent.config import ConfigError
 from agent.config.loader import validate_config
+from collectors.base import CollectorError, Reason
 from collectors.postgres import build, database_share, local_vcpus
 from collectors.postgres.bounded import OTHER, fold, largest, top_n
 from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn, server
 from collectors.postgres.queries import EVERY_DATABASE, DatabaseShare, shorten, state_label
-from collectors.postgres.session import Backoff
+from collectors.postgres.session import Backoff, Session
 
 
 def test_top_n_keeps_the_largest_and_sums_the_rest() -> None:
@@ -169,3 +172,34 @@ def test_state_labels() -> None:
     assert state_label("idle in transaction (aborted)") == "idle_in_transaction_aborted"
     assert state_label("idle in transaction") == "idle_in_transaction"
     assert state_label(None) == "unknown"
+
+
+class StandInConnection:
+    """What the session sees of a connection once it is open: only whether it gets closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_unexpected_answer_at_connect_closes_the_connection_and_backs_off() -> None:
+    """A server that is not PostgreSQL (a proxy answering oddly) can fail the limits query with a parse
+    error rather than a driver error; the connection must still be closed and retried with backoff."""
+    opened: list[StandInConnection] = []
+
+    def connect() -> Any:
+        opened.append(StandInConnection())
+        return opened[-1]
+
+    def odd_limits(_connection: Any) -> None:
+        raise CollectorError(Reason.PARSE, "the server's limits did not come back as one row")
+
+    session = Session(connect, "db:5432", wait=1.0, on_connect=odd_limits, clock=lambda: 100.0)
+    for _ in range(2):
+        with pytest.raises(CollectorError) as raised, session.cycle():
+            pass
+        assert raised.value.reason is Reason.PARSE
+    assert len(opened) == 1  # the second cycle falls within the backoff: no new connection
+    assert opened[0].closed
+    assert "next attempt in" in raised.value.detail

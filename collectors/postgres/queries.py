@@ -230,9 +230,10 @@ def number(value: object, what: str, *, signed: bool = False) -> float:
 
 
 def read_limits(connection: psycopg.Connection) -> Limits:
-    [(max_connections, superuser_reserved, reserved, reads_all_stats, user)] = connection.execute(
-        LIMITS_SQL
-    ).fetchall()
+    rows = connection.execute(LIMITS_SQL).fetchall()
+    if len(rows) != 1 or len(rows[0]) != 5:  # only a server that is not PostgreSQL answers otherwise
+        raise CollectorError(Reason.PARSE, "the server's limits did not come back as one row of five values")
+    [(max_connections, superuser_reserved, reserved, reads_all_stats, user)] = rows
     return Limits(
         int(number(max_connections, "max_connections")),
         int(number(superuser_reserved, "superuser_reserved_connections")),

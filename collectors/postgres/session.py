@@ -183,6 +183,9 @@ class Session:
         except psycopg.Error as error:
             connection.close()
             raise self._failed(query_error(error, self.endpoint)) from None
+        except CollectorError as error:  # an answer that is not what PostgreSQL gives
+            connection.close()
+            raise self._failed(error) from None
         self._backoff.succeeded()
         self._connection = connection
         return connection
