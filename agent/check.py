@@ -128,7 +128,7 @@ def render_table(report: dict[str, Any]) -> str:
 
 def run_check(config: Config, duration: float, *, as_json: bool) -> int:
     report = collect_report(config, duration)
-    print(json.dumps(report, indent=2) if as_json else render_table(report), file=sys.stdout)
+    print(json.dumps(report, indent=2, default=str) if as_json else render_table(report), file=sys.stdout)
     if report["bottlenecks"]:
         return EXIT_FOUND
     if not report["tiers"] or not all(tier["up"] for tier in report["tiers"]):

@@ -184,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = b"ready\n" if ready else b"first cycle not finished\n"
             self._send(200 if ready else 503, "text/plain; charset=utf-8", body)
         elif path == "/api/v1/alerts":
-            body = json.dumps(self.server.alerts(), separators=(",", ":")).encode()
+            body = json.dumps(self.server.alerts(), separators=(",", ":"), default=str).encode()
             self._send(200, "application/json", body)
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found\n")

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alerts.lifecycle import Alert, AlertKey, State
-from alerts.present import describe_evidence, rfc3339
+from alerts.present import describe_evidence, details_text, rfc3339
 from collectors.urls import basic_auth_request
 
 log = logging.getLogger("tierwatch.alertmanager")
@@ -208,6 +208,7 @@ class AlertmanagerSender:
                 "description": describe_evidence(verdict),
                 "remediation": verdict.remediation,
                 "runbook_url": self._runbook_base + rule.runbook,
+                **({"details": details} if (details := details_text(verdict)) else {}),
             },
             "startsAt": rfc3339(alert.active_since),
             "endsAt": rfc3339(ends_at or now),

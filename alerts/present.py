@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from alerts.classifier import Verdict
 from alerts.lifecycle import Alert
+
+# An annotation travels in every post and every notification: details beyond this are cut.
+MAX_DETAILS_CHARS = 4096
 
 
 def rfc3339(timestamp: float) -> str:
@@ -31,6 +35,15 @@ def describe_evidence(verdict: Verdict) -> str:
     return "; ".join(parts)
 
 
+def details_text(verdict: Verdict) -> str:
+    """The target's details (top queries, slow-log entries, HPA state ...) as one JSON line, bounded
+    for an Alertmanager annotation; "" when there are none."""
+    if not verdict.details:
+        return ""
+    text = json.dumps(verdict.details, separators=(",", ":"), default=str)
+    return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 3] + "..."
+
+
 def alert_json(alert: Alert, runbook_base_url: str) -> dict[str, Any]:
     verdict = alert.verdict
     return {
@@ -43,6 +56,7 @@ def alert_json(alert: Alert, runbook_base_url: str) -> dict[str, Any]:
         "active_since": rfc3339(alert.active_since),
         "summary": verdict.summary,
         "evidence": evidence_of(verdict),
+        "details": dict(verdict.details),
         "remediation": verdict.remediation,
         "runbook_url": runbook_base_url + verdict.rule.runbook,
     }
@@ -59,6 +73,7 @@ def verdict_json(verdict: Verdict, runbook_base_url: str) -> dict[str, Any]:
         "collector": verdict.collector,
         "summary": verdict.summary,
         "evidence": evidence_of(verdict),
+        "details": dict(verdict.details),
         "missing_signals": list(verdict.missing),
         "remediation": verdict.remediation,
         "runbook_url": runbook_base_url + verdict.rule.runbook,

@@ -17,6 +17,7 @@ import pytest
 from alerts.alertmanager import RESOLVED_RESEND_SECONDS, AlertmanagerSender, post_json
 from alerts.classifier import Verdict
 from alerts.lifecycle import Alert, State
+from alerts.present import MAX_DETAILS_CHARS
 from alerts.table import RULES
 from tests.fixtures.alertmanager_server import Alertmanager
 from tests.proc_trees import DATA
@@ -91,6 +92,7 @@ def test_firing_is_sent_at_once_then_every_resend_interval() -> None:
     assert sent["annotations"]["description"] == "host_memory_used_ratio=0.95"
     assert sent["annotations"]["runbook_url"] == "https://x/docs/alerts/MemorySwapping.md"
     assert "RAM" in sent["annotations"]["remediation"]
+    assert "details" not in sent["annotations"]  # the host has none
     assert sent["endsAt"] == "1970-01-01T00:20:40.000Z"  # now (1000 s) + 4 x max(5, 60) s
     clock.now += 30
     out.notify([alert(State.FIRING)], [])
@@ -99,6 +101,21 @@ def test_firing_is_sent_at_once_then_every_resend_interval() -> None:
     clock.now += 30
     out.send_due()
     assert len(post.posts) == 4  # re-sent after 60 s to both
+
+
+def test_the_targets_details_travel_as_a_bounded_annotation() -> None:
+    post, clock = Recorder(), Clock()
+    out = sender(post, clock)
+    slow = {"command": "KEYS *", "duration_seconds": 0.5}
+    details = {"maxmemory_policy": "noeviction", "slowlog": [slow]}
+    cache = replace(alert(State.FIRING).verdict, details=details)
+    huge = replace(cache, target="node-b", details={"slowlog": [slow] * 500})
+    out.notify([Alert(v, State.FIRING, 100.0, 100.0, fired_at=100.0) for v in (cache, huge)], [])
+    out.send_due()
+    annotations = [sent["annotations"] for sent in post.posts[0][1]]
+    assert json.loads(annotations[0]["details"]) == details
+    assert len(annotations[1]["details"]) == MAX_DETAILS_CHARS
+    assert annotations[1]["details"].endswith("...")
 
 
 def test_resolution_is_sent_with_end_time_and_repeated_for_15_minutes() -> None:

@@ -72,6 +72,11 @@ def test_cpu_heavy_queries_with_an_idle_app_are_database_bound(
     assert alert["evidence"]["db_cpu_load_per_vcpu"] >= 0.9
     assert alert["evidence"]["app_tier_cpu_max_ratio"] < 0.85
     assert "more app servers will not help" in alert["remediation"]
+    # the remediation points at the statements using the time: they come with the alert
+    assert "pg_stat_statements, listed in this alert's details" in alert["remediation"]
+    top = alert["details"]["top_queries"]
+    assert top
+    assert {"queryid", "calls", "total_seconds", "mean_seconds", "query"} <= set(top[0])
 
 
 def test_busy_app_with_an_idle_database_is_app_compute_bound(
