@@ -14,7 +14,7 @@ from collectors.postgres import build, database_share, local_vcpus
 from collectors.postgres.bounded import OTHER, fold, largest, top_n
 from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn, server
 from collectors.postgres.queries import EVERY_DATABASE, DatabaseShare, shorten, state_label
-from collectors.postgres.session import Backoff, Session
+from collectors.postgres.session import Session
 
 
 def test_top_n_keeps_the_largest_and_sums_the_rest() -> None:
@@ -143,19 +143,6 @@ def test_connections_carry_the_name_and_timeouts_below_the_cycle() -> None:
     assert console["prepare_threshold"] is None
     assert console["options"] == "-c search_path=app"  # as configured; PgBouncer rejects ours
     assert "password" not in console
-
-
-def test_backoff_doubles_up_to_thirty_seconds() -> None:
-    now = [100.0]
-    backoff = Backoff(lambda: now[0])
-    assert backoff.wait_left() == 0
-    assert [backoff.failed() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
-    assert backoff.wait_left() == 30
-    now[0] += 12
-    assert backoff.wait_left() == 18
-    backoff.succeeded()
-    assert backoff.wait_left() == 0
-    assert backoff.failed() == 1
 
 
 def test_statement_texts_are_one_short_line_without_literals() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from agent.config import ConfigError
 from agent.config.model import Config, RedisTarget, Secret
+from collectors.backoff import Backoff
 from collectors.base import CollectorError, Reason
 from collectors.redis import build, open_connection
 from collectors.redis.info import (
@@ -15,7 +16,6 @@ from collectors.redis.info import (
     parse_info,
     slowlog_entries,
 )
-from collectors.redis.session import Backoff
 
 INFO_SAMPLE = """\
 # Server\r

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import psycopg
 
+from collectors.backoff import Backoff
 from collectors.base import CollectorError, Reason
 
 Connect = Callable[[], psycopg.Connection]
@@ -79,26 +80,6 @@ def query_error(error: psycopg.Error, where: str) -> CollectorError:
     return CollectorError(reason, f"{where}: {cause} (SQLSTATE {state})")
 
 
-class Backoff:
-    """Exponential delay between connection attempts: 1 s, 2 s, 4 s ... at most 30 s."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._delay = 0.0
-        self._next_attempt = 0.0
-
-    def wait_left(self) -> float:
-        return max(0.0, self._next_attempt - self._clock())
-
-    def failed(self) -> float:
-        self._delay = min(LONGEST_RETRY_SECONDS, self._delay * 2 or FIRST_RETRY_SECONDS)
-        self._next_attempt = self._clock() + self._delay
-        return self._delay
-
-    def succeeded(self) -> None:
-        self._delay = self._next_attempt = 0.0
-
-
 class Session:
     """The target's one connection, opened on first use and again after it broke.
 
@@ -121,7 +102,8 @@ class Session:
         self._wait = wait
         self._lock = threading.Lock()
         self._connection: psycopg.Connection | None = None
-        self._backoff = Backoff(clock)
+        self._clock = clock
+        self._backoff = Backoff(FIRST_RETRY_SECONDS, LONGEST_RETRY_SECONDS)
         self._last_failure = CollectorError(Reason.UNREACHABLE, f"cannot connect to {endpoint}")
 
     @contextmanager
@@ -169,7 +151,7 @@ class Session:
             raise query_error(error, self.endpoint) from None
 
     def _open(self) -> psycopg.Connection:
-        wait = self._backoff.wait_left()
+        wait = self._backoff.remaining(self._clock())
         if wait > 0:
             failure = self._last_failure
             raise CollectorError(failure.reason, f"{failure.detail}; next attempt in {math.ceil(wait)} s")
@@ -192,7 +174,7 @@ class Session:
 
     def _failed(self, failure: CollectorError) -> CollectorError:
         self._last_failure = failure
-        delay = self._backoff.failed()
+        delay = self._backoff.failed(self._clock())
         return CollectorError(failure.reason, f"{failure.detail}; next attempt in {delay:.0f} s")
 
     def _discard(self) -> None:

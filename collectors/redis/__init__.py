@@ -22,6 +22,7 @@ import redis.exceptions as errors
 from redis.connection import AbstractConnection
 
 from agent.config.model import Config, RedisTarget
+from collectors.backoff import Backoff
 from collectors.base import Collector, CollectorError, Reason, Sample, SampleBuilder
 from collectors.deltas import Deltas
 from collectors.redis.info import (
@@ -33,7 +34,7 @@ from collectors.redis.info import (
     slowlog_entries,
 )
 from collectors.redis.metrics import REDIS_METRICS, REDIS_READINGS
-from collectors.redis.session import Backoff, Command, Session, open_connection, reason_of
+from collectors.redis.session import Command, Session, open_connection, reason_of
 
 log = logging.getLogger("tierwatch.redis")
 Clock = Callable[[], float]

@@ -14,6 +14,7 @@ from redis.connection import AbstractConnection, Connection, SSLConnection, pars
 
 from agent.config import ConfigError
 from agent.config.model import RedisTarget
+from collectors.backoff import Backoff
 from collectors.base import CollectorError, Reason
 
 CLIENT_NAME = "tierwatch"
@@ -28,40 +29,10 @@ REASONS: tuple[tuple[type[Exception], Reason], ...] = (
     (errors.ConnectionError, Reason.UNREACHABLE),
     (OSError, Reason.UNREACHABLE),
 )
-# 2**30 first delays is beyond any maximum; a larger exponent would overflow a float after weeks down.
-MAX_DOUBLINGS = 30
 
 
 def reason_of(error: Exception) -> Reason:
     return next((reason for kind, reason in REASONS if isinstance(error, kind)), Reason.OTHER)
-
-
-class Backoff:
-    """When the next connection attempt may happen: ``first`` after a failure, doubling up to ``maximum``."""
-
-    def __init__(self, first: float, maximum: float) -> None:
-        self._first = first
-        self._maximum = maximum
-        self._failures = 0
-        self._next_attempt = 0.0
-
-    def remaining(self, now: float) -> float:
-        """Seconds until the next attempt is due; 0 when it may happen now."""
-        remaining = self._next_attempt - now
-        # Cycles start a little early or late: half a first delay of slack keeps an attempt due at the
-        # next cycle from slipping to the one after.
-        return remaining if remaining > self._first / 2 else 0.0
-
-    def failed(self, now: float) -> float:
-        """Records a failed attempt at ``now``; returns the delay before the next one."""
-        self._failures += 1
-        delay = min(self._maximum, self._first * 2 ** min(self._failures - 1, MAX_DOUBLINGS))
-        self._next_attempt = now + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self._failures = 0
-        self._next_attempt = 0.0
 
 
 class Session:
