@@ -4,7 +4,7 @@ and the Alertmanager sender. Runs after each round of collector cycles, on the t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 from agent.config import Config, ConfigError
 from agent.store import Store
@@ -62,11 +62,11 @@ class AlertingJob:
         self._clock = clock
         self._tracker = AlertTracker()
 
-    def carry_over(self, previous: AlertingJob) -> None:
-        """Continues ``previous``'s alerts; those of a rule this configuration disables or of a target it
-        no longer has resolve now (and the resolution is sent), without a keep-firing wait."""
+    def carry_over(self, previous: AlertingJob, targets: Set[tuple[str, str]]) -> None:
+        """Continues ``previous``'s alerts on ``targets`` (collector, target); those of a rule this
+        configuration disables or of another target resolve now (and the resolution is sent), without a
+        keep-firing wait."""
         enabled = {rule.name for rule in self._rules if rule.enabled}
-        targets = self._store.statuses().keys()
 
         def still_judged(alert: Alert) -> bool:
             verdict = alert.verdict

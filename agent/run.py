@@ -90,12 +90,20 @@ class Pipeline:
             self.sender.stop(wait=HAND_OVER_SECONDS if handing_over else 0.0)
 
     def take_over(self, previous: Pipeline) -> None:
-        """Before ``start``: continues what ``previous`` (stopped) knew of the targets and alerts both
-        configurations have, so that a reload neither resets nor re-raises an alert."""
-        self.store.carry_over(previous.store)
+        """Before ``start``: continues what ``previous`` (stopped) knew of the targets both
+        configurations watch alike, so that a reload neither resets nor re-raises an alert. A target
+        that kept its name but now points elsewhere (another address, say) starts afresh: its window
+        would mix two servers' readings."""
+        before = {runner.key: runner.collector.describe() for runner in previous.scheduler.runners}
+        same = {
+            runner.key
+            for runner in self.scheduler.runners
+            if before.get(runner.key) == runner.collector.describe()
+        }
+        self.store.carry_over(previous.store, same)
         if self.sender is not None and previous.sender is not None:
             self.sender.carry_over(previous.sender)
-        self.alerting.carry_over(previous.alerting)  # last: it may hand the sender resolutions
+        self.alerting.carry_over(previous.alerting, same)  # last: it may hand the sender resolutions
 
     def serve_through(self, server: AgentServer) -> None:
         server.page, server.store, server.alerts = self.page, self.store, self.alerts

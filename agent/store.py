@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -89,16 +89,16 @@ class Store:
             )
             self.version += 1
 
-    def carry_over(self, previous: Store) -> None:
-        """Takes from ``previous``, a reloaded configuration's store, the windows and statuses of the
-        targets registered here too, and its alerts until the next alerting cycle: a reload restarts
-        no window, no `for` timer, no error count, and /readyz stays ready."""
+    def carry_over(self, previous: Store, targets: Set[TargetKey]) -> None:
+        """Takes from ``previous``, a reloaded configuration's store, the windows and statuses of
+        ``targets`` (those registered here too), and its alerts until the next alerting cycle: a
+        reload restarts no window, no `for` timer, no error count, and /readyz stays ready."""
         with previous._lock:
             rings = {key: ring.snapshot() for key, ring in previous._rings.items()}
             latest, statuses = dict(previous._latest), dict(previous._status)
             alerts, signals = previous._alerts, dict(previous._signals)
         with self._lock:
-            for key in self._status.keys() & statuses.keys():
+            for key in self._status.keys() & statuses.keys() & targets:
                 self._status[key] = statuses[key]
                 if key in latest:
                     self._latest[key] = latest[key]

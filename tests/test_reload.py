@@ -8,7 +8,7 @@ import yaml
 
 from tests.fixtures.redis_server import RedisServer
 from tests.scenarios import quiet_host
-from tests.support import AgentProcess, value
+from tests.support import AgentProcess, free_port, value
 
 
 def up(agent: AgentProcess, collector: str, target: str) -> float | None:
@@ -54,3 +54,33 @@ def test_invalid_new_config_keeps_the_old_one(tmp_path: Path) -> None:
             assert agent.process.poll() is None
             assert up(agent, "host", "node-a") == 1
         assert "configuration reloaded" not in agent.log()
+
+
+def test_reload_continues_a_target_it_watches_alike_and_restarts_one_that_moved(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    nobody_listens = f"redis://127.0.0.1:{free_port()}"
+    config = {
+        "interval": 0.5,
+        "host": {"enabled": False},
+        "redis": [{"name": "sessions", "url": nobody_listens}],
+    }
+    with AgentProcess(tmp_path, config) as agent:
+        agent.wait_for(lambda: (unreachable(agent) or 0) >= 2, "two failed cycles")
+        before = unreachable(agent)
+        agent.reload({**config, "window": 600})  # another setting changed: the target goes on
+        agent.wait_for(lambda: agent.log().count("configuration reloaded") == 1, "the first reload")
+        assert (unreachable(agent) or 0) >= before  # counted on, not from zero
+        agent.reload({**config, "redis": [{"name": "sessions", "url": redis_server.url}]})
+        agent.wait_for(lambda: up(agent, "redis", "sessions") == 1, "the moved target")
+        assert unreachable(agent) == 0  # another server: its history is not the old one's
+
+
+def unreachable(agent: AgentProcess) -> float | None:
+    return value(
+        agent.metrics(),
+        "tierwatch_collector_errors_total",
+        collector="redis",
+        target="sessions",
+        reason="unreachable",
+    )

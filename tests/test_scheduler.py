@@ -167,7 +167,7 @@ def test_a_reloaded_store_carries_over_the_targets_it_still_has() -> None:
     after = Store()
     after.register("ticking", "kept")
     after.register("ticking", "new")
-    after.carry_over(before)
+    after.carry_over(before, {("ticking", "kept"), ("ticking", "new"), ("ticking", "dropped")})
     assert after.window("ticking", "kept") == before.window("ticking", "kept")
     assert [sample.get("test_ticks") for sample in after.window("ticking", "kept")] == [0, 2]  # thinned
     statuses = after.statuses()
