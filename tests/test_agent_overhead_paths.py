@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from agent.exporter import MetricsPage, StoreCollector, family_text
 from agent.http import AgentServer, _Handler
-from agent.scheduler import CollectorRunner, Scheduler
+from agent.scheduler import CollectorRunner, Round, Scheduler
 from agent.store import Store
 from alerts.classifier import Verdict
 from alerts.lifecycle import Alert, State
@@ -316,6 +316,28 @@ def test_after_each_round_runs_once_every_collector_ended_its_cycle(
     assert [record.getMessage() for record in caplog.records] == [
         "after-round job failed: RuntimeError: a bug in the alerting cycle"
     ]
+
+
+def test_stopping_a_round_waits_for_its_run_and_starts_no_other() -> None:
+    """A reload takes over what the last alerting run left: stop() returns only once that run ended."""
+    release, runs = threading.Event(), []
+
+    def after() -> None:
+        runs.append(time.monotonic())
+        release.wait(5)
+
+    round_ = Round([("scripted", "a")], after)
+    running = threading.Thread(target=round_.finished, args=(("scripted", "a"),))
+    running.start()
+    while not runs:
+        time.sleep(0.01)
+    threading.Timer(0.3, release.set).start()
+    began = time.monotonic()
+    round_.stop(timeout=5)
+    assert time.monotonic() - began >= 0.25  # it waited for the run
+    running.join(5)
+    round_.finished(("scripted", "a"))
+    assert len(runs) == 1  # none after stop
 
 
 def test_anchor_is_the_start_not_the_construction() -> None:
