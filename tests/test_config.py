@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,6 +211,41 @@ def test_password_in_dsn_never_appears_in_errors(tmp_path: Path) -> None:
 def test_unknown_environment_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="intervall: unknown key"):
         load_config(write(tmp_path, "host: {}\n"), environ={"TIERWATCH_INTERVALL": "5"})
+
+
+def test_kubernetes_service_links_are_not_configuration(tmp_path: Path) -> None:
+    """A pod in a namespace with Services named tierwatch-* gets variables for each of them."""
+    environ = {
+        "TIERWATCH_NODE_SERVICE_HOST": "10.0.0.7",
+        "TIERWATCH_NODE_SERVICE_PORT": "10090",
+        "TIERWATCH_NODE_SERVICE_PORT_METRICS": "10090",
+        "TIERWATCH_NODE_PORT": "tcp://10.0.0.7:10090",
+        "TIERWATCH_NODE_PORT_10090_TCP": "tcp://10.0.0.7:10090",
+        "TIERWATCH_NODE_PORT_10090_TCP_ADDR": "10.0.0.7",
+        "TIERWATCH_PORT": "tcp://10.0.0.8:10090",  # a Service named tierwatch
+        "TIERWATCH_INTERVAL": "7",
+    }
+    assert load_config(write(tmp_path, "host: {}\n"), environ=environ).interval == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("interval: .nan\n", "interval: Input should be a finite number"),
+        ("interval: .inf\n", "interval: Input should be a finite number"),
+        (
+            "rules: {MemorySwapping: {for: .nan}}\n",
+            "rules.MemorySwapping.for: Input should be a finite number",
+        ),
+        (
+            "rules: {MemorySwapping: {memory_used_ratio: .nan}}\n",
+            "rules.MemorySwapping.memory_used_ratio: Input should be a finite number",
+        ),
+    ],
+)
+def test_numbers_must_be_finite(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(write(tmp_path, text))
 
 
 def test_rule_overrides_from_environment() -> None:

@@ -282,6 +282,7 @@ def test_node_agent_reads_the_host_read_only(rendered: dict[str, list[Manifest]]
     spec = pod_spec(daemonset)
     assert spec["hostPID"] is True
     assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
     assert {"operator": "Exists"} in spec["tolerations"], "must tolerate every taint"
     host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     assert sorted(host_paths.values()) == ["/proc", "/sys"]
@@ -306,6 +307,7 @@ def test_cluster_agent_is_a_single_poller(rendered: dict[str, list[Manifest]], c
     assert not [v for v in spec["volumes"] if "hostPath" in v]
     uses_api = bool(of_kind(rendered[case], "Role", "ClusterRole"))
     assert spec["automountServiceAccountToken"] is uses_api
+    assert spec["enableServiceLinks"] is False
 
 
 # --- RBAC ---------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -91,6 +93,22 @@ def test_kernel_without_psi_or_swap_reports_no_such_series(tmp_path: Path) -> No
     assert sample.get("host_swap_in_pages_per_second") == 0
     assert sample.get("host_cpu_utilization_ratio") == pytest.approx(20 / 1000)
     assert sample.get("host_cpu_iowait_ratio") == pytest.approx(5 / 1000)
+
+
+def test_psi_switched_off_at_boot_is_no_psi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PSI built in but off (psi=0), /proc/pressure/* exist and reading them fails with
+    EOPNOTSUPP, which no file in a test tree can do: the read is made to fail as the kernel's does."""
+    read_text = Path.read_text
+
+    def kernel_read(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.parent.name == "pressure":
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", kernel_read)
+    _, sample = cycles("swapping", tmp_path)
+    assert not any(name.startswith("host_pressure") for name, _ in sample.values)
+    assert sample.get("host_memory_used_ratio") is not None  # the rest of the cycle is there
 
 
 def test_throttled_container(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ value may be a password.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
 ENV_PREFIX = "TIERWATCH_"
 # Variables that steer the CLI rather than override a config field.
 NOT_FIELDS = frozenset({"TIERWATCH_CONFIG", "TIERWATCH_LOG_LEVEL"})
+# Kubernetes gives each container variables for every Service in its namespace (unless the pod sets
+# enableServiceLinks: false, as the chart does): a Service tierwatch-node becomes
+# TIERWATCH_NODE_SERVICE_HOST, TIERWATCH_NODE_PORT_10090_TCP_ADDR and so on. They are skipped: none has
+# the double underscore of a nested config key, and no top-level key ends like them.
+SERVICE_LINK = re.compile(
+    r"TIERWATCH_(\w+_)?(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)"
+)
 _ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
@@ -149,9 +157,16 @@ def describe_errors(error: ValidationError) -> str:
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
+    """The key path as the file spells it: a rule override's thresholds are keys of the override
+    itself, and ``for_`` is ``for``."""
+    spelled = {field: key for key, field in RULE_KEYS.items()}
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part != "thresholds":
+            key = spelled.get(part, part)
+            text += f".{key}" if text else key
     return text or "(top level)"
 
 
@@ -161,6 +176,8 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[s
     merged = _copy(raw)
     for variable in sorted(environ):
         if not variable.startswith(ENV_PREFIX) or variable in NOT_FIELDS:
+            continue
+        if "__" not in variable and SERVICE_LINK.fullmatch(variable):
             continue
         parts = [part.lower() for part in variable.removeprefix(ENV_PREFIX).split("__")]
         if not all(parts):

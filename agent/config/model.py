@@ -65,7 +65,8 @@ class Secret:
 
 @dataclass(frozen=True, kw_only=True)
 class Section:
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+    # NaN passes every "> 0" check and an infinite interval overflows the scheduler: numbers must be finite.
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid", "allow_inf_nan": False}
     # Fields that must be above zero, or at least zero, when set.
     positive: ClassVar[tuple[str, ...]] = ()
     not_negative: ClassVar[tuple[str, ...]] = ()

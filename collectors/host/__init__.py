@@ -6,6 +6,7 @@ computes every rate from counter deltas between its own cycles.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,8 @@ def within(part: float, whole: float) -> float:
 
 
 def read_text(path: Path) -> str | None:
-    """The file's text, or None when it does not exist (an optional source such as PSI)."""
+    """The file's text, or None when it does not exist (an optional source such as PSI) or the
+    kernel does not support reading it (PSI built in but switched off with psi=0 answers so)."""
     try:
         return path.read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
@@ -40,6 +42,8 @@ def read_text(path: Path) -> str | None:
     except PermissionError as error:
         raise CollectorError(Reason.PERMISSION, f"cannot read {path}: {error.strerror}") from None
     except OSError as error:
+        if error.errno == errno.EOPNOTSUPP:
+            return None
         raise CollectorError(Reason.OTHER, f"cannot read {path}: {error.strerror}") from None
 
 
