@@ -174,6 +174,14 @@ def test_pool_size_and_hpa(app_server: AppServer) -> None:
             {"metrics_url": "file:///etc/passwd", "requests_metric": REQUESTS},
             "must be an http:// or https://",
         ),
+        (
+            {"metrics_url": "http://127.0.0.1:90x/metrics", "requests_metric": REQUESTS},
+            "metrics_url has a port that is not a number from 0 to 65535",
+        ),
+        (
+            {"metrics_url": "http://127.0.0.1:99999/metrics", "requests_metric": REQUESTS},
+            "metrics_url has a port that is not a number from 0 to 65535",
+        ),
     ],
 )
 def test_unusable_entries_are_refused(entry: dict[str, Any], message: str) -> None:

@@ -163,6 +163,18 @@ def test_password_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text), environ={})
     assert config.redis[0].password is not None
     assert config.redis[0].password.get_secret_value() == SECRET
+    with pytest.raises(ConfigError, match="password and password_file are both set; keep one"):
+        load_config(write(tmp_path, text), environ={"TIERWATCH_REDIS__R__PASSWORD": "other"})
+
+
+def test_a_password_file_that_is_not_text_is_named_not_quoted(tmp_path: Path) -> None:
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_bytes(b"p\xe9ss\xff")
+    text = f"redis:\n  - name: r\n    url: redis://127.0.0.1:6379\n    password_file: {secret_file}\n"
+    result = run_check(write(tmp_path, text))
+    assert result.returncode == 2
+    assert f"password_file {secret_file}: not UTF-8 text" in result.stderr
+    assert "0xe9" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -88,11 +88,15 @@ def _prepared(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
 def _with_password_file(entry: Any, where: str) -> Any:
     if not isinstance(entry, dict) or not entry.get("password_file"):
         return entry
+    if entry.get("password") is not None:
+        raise ConfigError(f"{where}: password and password_file are both set; keep one")
     path = Path(str(entry["password_file"]))
     try:
         secret = path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as error:
         raise ConfigError(f"{where}: password_file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:  # its message would quote a byte of the password
+        raise ConfigError(f"{where}: password_file {path}: not UTF-8 text") from None
     return {**entry, "password": secret}
 
 

@@ -80,6 +80,10 @@ def _check(entry: AppTarget) -> None:
     url = urlsplit(entry.metrics_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"{where}: metrics_url must be an http:// or https:// URL with a host")
+    try:
+        _ = url.port  # urlsplit checks the port only when it is read, as each scrape would
+    except ValueError:
+        raise ConfigError(f"{where}: metrics_url has a port that is not a number from 0 to 65535") from None
     if not (entry.requests_metric or entry.latency_metric):
         raise ConfigError(f"{where}: metrics_url needs requests_metric, latency_metric or both")
 
