@@ -191,6 +191,10 @@ def test_a_password_file_that_is_not_text_is_named_not_quoted(tmp_path: Path) ->
         ("rules:\n  DatabaseBoundd: {}\n", "unknown rule DatabaseBoundd"),
         ("app:\n  - name: api\n    process: '(unclosed'\n", "app[0].process: not a valid regular expression"),
         ("- just\n- a list\n", "the top level must be a mapping"),
+        (
+            "postgres: [{name: orders, dsn: host=x}]\npgbouncer: [{name: orders, dsn: host=y}]\n",
+            "pgbouncer: name orders is also a postgres target's",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_the_problem(tmp_path: Path, text: str, problem: str) -> None:

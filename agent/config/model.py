@@ -219,6 +219,11 @@ class Config(Section):
             duplicated = sorted({name for name in names if names.count(name) > 1})
             if duplicated:
                 raise ValueError(f"{section}: duplicate name {', '.join(duplicated)}")
+        # One rule (ConnectionPoolExhaustion) judges both, and alerts are labelled by tier and target
+        # alone: a name in both would give two alerts the same labels.
+        shared = sorted({e.name for e in self.postgres} & {e.name for e in self.pgbouncer})
+        if shared:
+            raise ValueError(f"pgbouncer: name {', '.join(shared)} is also a postgres target's; use another")
 
     @property
     def cycle_timeout(self) -> float:
