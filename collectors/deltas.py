@@ -25,8 +25,10 @@ class Deltas:
         self._previous, self._current = self._current, {}
         return elapsed if elapsed is not None and elapsed > 0 else None
 
-    def delta(self, key: Hashable, value: float) -> float | None:
+    def delta(self, key: Hashable, value: float, *, steps_back: bool = False) -> float | None:
         """The increase since the previous cycle; None on first sight or after a counter reset.
+        ``steps_back``: the counter may go down a little without a reset (iowait, see proc(5)); a
+        decrease then counts as no increase rather than leaving the cycle without a value.
 
         A reading that is not a finite number (NaN, infinite, an integer beyond a float) is no counter
         value: it gives no increase and is not kept as the base of the next one, so that neither a
@@ -36,7 +38,9 @@ class Deltas:
             return None
         self._current[key] = value
         previous = self._previous.get(key)
-        if previous is None or value < previous:
+        if previous is None:
             return None
+        if value < previous:
+            return 0.0 if steps_back else None
         increase = value - previous
         return increase if as_finite(increase) is not None else None

@@ -13,7 +13,7 @@ import pytest
 
 from collectors.base import CollectorError, Reason
 from collectors.host import HostCollector
-from tests.proc_trees import Snapshots, cycles
+from tests.proc_trees import GAP_SECONDS, Snapshots, cycles
 
 
 def test_swapping_host_with_psi(tmp_path: Path) -> None:
@@ -93,6 +93,26 @@ def test_kernel_without_psi_or_swap_reports_no_such_series(tmp_path: Path) -> No
     assert sample.get("host_swap_in_pages_per_second") == 0
     assert sample.get("host_cpu_utilization_ratio") == pytest.approx(20 / 1000)
     assert sample.get("host_cpu_iowait_ratio") == pytest.approx(5 / 1000)
+
+
+def test_iowait_stepping_back_is_no_iowait_not_an_unknown_cpu(tmp_path: Path) -> None:
+    """proc(5): the iowait count can go down. The cycle still has its CPU ratios, iowait 0."""
+    snapshots = Snapshots("swapping", tmp_path)
+    snapshots.load("t0")
+    collector = snapshots.collector()
+    collector.collect()
+    snapshots.load("t1")
+    stat = snapshots.root / "proc" / "stat"
+    # t0's aggregate iowait is 9700 ticks; t1 goes 100 below it while the rest advances
+    stat.write_text(
+        stat.read_text().replace("cpu  196050 15 72500 1621600 10500", "cpu  196050 15 72500 1621600 9600")
+    )
+    snapshots.now += GAP_SECONDS
+    sample = collector.collect()
+    assert sample.get("host_cpu_iowait_ratio") == 0
+    busy = 1050 + 500 + 20 + 20 + 10  # user, system, irq, softirq and steal ticks, t1 minus t0
+    idle_and_iowait = 1600 - 100
+    assert sample.get("host_cpu_utilization_ratio") == pytest.approx(busy / (busy + idle_and_iowait))
 
 
 def test_psi_switched_off_at_boot_is_no_psi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,7 +95,7 @@ class HostCollector(Collector):
 
     def _ticks_ratio(self, key: str, ticks: procfs.CpuTicks) -> tuple[float, float] | None:
         busy = self._deltas.delta((key, "busy"), ticks.busy)
-        iowait = self._deltas.delta((key, "iowait"), ticks.iowait)
+        iowait = self._deltas.delta((key, "iowait"), ticks.iowait, steps_back=True)
         total = self._deltas.delta((key, "total"), ticks.total)
         if busy is None or iowait is None or not total:
             return None
