@@ -189,15 +189,39 @@ def test_unusable_entries_are_refused(entry: dict[str, Any], message: str) -> No
         app_collector(**entry)
 
 
+def start_burner(tag: str) -> subprocess.Popen[bytes]:
+    """A child process with a distinctive command line that keeps one CPU busy for at most 10 s."""
+    code = f"import time\nend = time.time() + 10  # {tag}\nwhile time.time() < end: pass\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 @pytest.fixture
 def burner() -> Iterator[str]:
-    """A child process with a distinctive command line that keeps one CPU busy for at most 10 s."""
     tag = f"tierwatch-burner-{uuid.uuid4().hex[:8]}"
-    code = f"import time\nend = time.time() + 10  # {tag}\nwhile time.time() < end: pass\n"
-    child = subprocess.Popen([sys.executable, "-c", code])
+    child = start_burner(tag)
     yield tag
     child.kill()
     child.wait()
+
+
+def test_a_worker_started_within_the_cycle_counts_all_its_cpu() -> None:
+    """Servers that recycle workers (max_requests) start new ones all the time: a worker born since the
+    last cycle used all of its CPU time within this one."""
+    tag = f"tierwatch-recycled-{uuid.uuid4().hex[:8]}"
+    collector = AppCollector("shop-web", [ProcessUsage(tag)])
+    collector.collect()  # no worker yet
+    time.sleep(0.1)  # its start time must fall after this cycle's, which the clock gives to 10 ms
+    worker = start_burner(tag)
+    try:
+        time.sleep(1.5)
+        sample = collector.collect()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert sample.get("app_processes") == 1
+    cores = sample.get("app_process_cpu_cores")
+    assert cores is not None
+    assert 0.5 < cores <= 1.1
 
 
 def test_process_cpu_and_memory_exclude_the_agent(burner: str) -> None:

@@ -3,7 +3,8 @@
 ``process`` is a regular expression searched in each process's name, then in its command line (so
 ``gunicorn`` finds workers whose name is ``python3``). CPU comes from per-process CPU-time deltas
 keyed by (pid, start time), so a reused pid never inherits another process's counters. The agent's
-own process never counts, even when the pattern matches its command line.
+own process never counts, even when the pattern matches its command line. A process started since the
+last cycle (a worker a server recycles after so many requests) used all its CPU time within this cycle.
 """
 
 from __future__ import annotations
@@ -22,9 +23,19 @@ PROCESS_ATTRS = ("name", "cmdline", "cpu_times", "memory_info", "create_time")
 
 
 class ProcessUsage:
-    def __init__(self, pattern: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        since_boot: Callable[[], float] = lambda: time.clock_gettime(time.CLOCK_BOOTTIME),
+    ) -> None:
         self._pattern = re.compile(pattern)
         self._clock = clock
+        # Start times are compared in seconds since boot, as the kernel keeps them: psutil's wall-clock
+        # create_time adds a boot time rounded to the second, too coarse to tell this cycle from the last.
+        self._since_boot = since_boot
+        self._last_cycle_at: float | None = None
         self._deltas = Deltas()
         self._cpus = psutil.cpu_count() or 1
 
@@ -40,6 +51,8 @@ class ProcessUsage:
 
     def collect(self, out: SampleBuilder) -> None:
         elapsed = self._deltas.begin(self._clock())
+        last_cycle_at, self._last_cycle_at = self._last_cycle_at, self._since_boot()
+        boot_time = psutil.boot_time()
         own_pid = os.getpid()
         count, rss, cpu_seconds, complete = 0, 0, 0.0, True
         try:
@@ -51,8 +64,11 @@ class ProcessUsage:
                 rss += info["memory_info"].rss if info["memory_info"] else 0
                 times = info["cpu_times"]
                 used = self._deltas.delta((process.pid, info["create_time"]), times.user + times.system)
+                started = info["create_time"] - boot_time
+                if used is None and last_cycle_at is not None and started > last_cycle_at:
+                    used = times.user + times.system  # started within this cycle
                 if used is None:
-                    complete = False  # new process: its share of this cycle is unknown
+                    complete = False  # running before this cycle, first seen now: its share is unknown
                 else:
                     cpu_seconds += used
         except psutil.Error as error:
