@@ -255,6 +255,35 @@ def test_wrong_token_and_unreachable_server(tmp_path: Path, kube_api: KubeApiSer
     assert error.value.reason is Reason.UNREACHABLE
 
 
+def test_metrics_of_one_name_are_told_apart_by_what_they_select(
+    tmp_path: Path, kube_api: KubeApiServer
+) -> None:
+    """Two External metrics of one name for two queues: each is paired with its own current value (the
+    status lists them in another order) and exported as a series of its own."""
+    (worker,) = [
+        h for h in kube_api.lists["horizontalpodautoscalers"]["items"] if h["metadata"]["name"] == "worker"
+    ]
+
+    def external(queue: str, value: dict[str, str], key: str) -> dict[str, Any]:
+        metric = {"name": "queue_messages_ready", "selector": {"matchLabels": {"queue": queue}}}
+        return {"type": "External", "external": {"metric": metric, key: value}}
+
+    worker["spec"]["metrics"] = [
+        external("orders", {"type": "AverageValue", "averageValue": "30"}, "target"),
+        external("emails", {"type": "AverageValue", "averageValue": "1000"}, "target"),
+    ]
+    worker["status"]["currentMetrics"] = [
+        external("emails", {"averageValue": "10"}, "current"),
+        external("orders", {"averageValue": "90"}, "current"),
+    ]
+    sample = kube_collector(tmp_path, kube_api).collect()
+    targets = sample.series("kubernetes_hpa_metric_target_value")
+    currents = sample.series("kubernetes_hpa_metric_current_value")
+    label = "external/queue_messages_ready"
+    assert (targets[("worker", label)], currents[("worker", label)]) == (30, 90)
+    assert (targets[("worker", f"{label}#2")], currents[("worker", f"{label}#2")]) == (1000, 10)
+
+
 def test_malformed_objects_are_parse_errors(tmp_path: Path, kube_api: KubeApiServer) -> None:
     kube_api.lists["horizontalpodautoscalers"]["items"][2]["spec"]["maxReplicas"] = "six"
     with pytest.raises(CollectorError) as error:

@@ -8,6 +8,7 @@ pod is absent), so absent counts read as 0; a field of the wrong type is an ``Ob
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import InvalidOperation
@@ -151,17 +152,27 @@ def _metric_value(values: Any, value_type: str, where: str) -> float | None:
     return quantity(value, f"{where}.{field}")
 
 
+def _source_identity(entry: Any) -> str:
+    """What tells an HPA's metrics apart: the whole source but its target or current value. Two
+    External metrics of one name that select different queues share a label, not an identity."""
+    source = get(entry, METRIC_SOURCES[entry["type"]])
+    named = {key: value for key, value in source.items() if key not in ("target", "current")}
+    return entry["type"] + json.dumps(named, sort_keys=True, default=str)
+
+
 def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ...]:
     currents = {}
     for entry in current_metrics if isinstance(current_metrics, list) else []:
-        label = metric_label(entry)
-        if label is not None:
-            currents[label] = get(entry, METRIC_SOURCES[entry["type"]], "current")
-    metrics = []
+        if metric_label(entry) is not None:
+            currents[_source_identity(entry)] = get(entry, METRIC_SOURCES[entry["type"]], "current")
+    metrics: list[HpaMetric] = []
     for index, entry in enumerate(spec_metrics if isinstance(spec_metrics, list) else []):
         label = metric_label(entry)
         if label is None:
             continue  # a source type newer than this collector
+        repeats = sum(1 for metric in metrics if metric.label.partition("#")[0] == label)
+        if repeats:
+            label = f"{label}#{repeats + 1}"  # one series each, in the order the HPA lists them
         target = get(entry, METRIC_SOURCES[entry["type"]], "target")
         target_type = str(get(target, "type"))
         where = f"spec.metrics[{index}]"
@@ -170,7 +181,9 @@ def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ..
                 label,
                 target_type,
                 _metric_value(target, target_type, f"{where}.target"),
-                _metric_value(currents.get(label), target_type, f"status.currentMetrics of {label}"),
+                _metric_value(
+                    currents.get(_source_identity(entry)), target_type, f"status.currentMetrics of {label}"
+                ),
             )
         )
     return tuple(metrics)
