@@ -55,6 +55,9 @@ class Pipeline:
     scheduler: Scheduler
     alerting: AlertingJob
     sender: AlertmanagerSender | None
+    # Each target's description, made at build: from then on a reload has stopped the running
+    # configuration, and nothing that could still fail on the new one's input may be left to do.
+    descriptions: dict[tuple[str, str], str]
 
     @classmethod
     def build(cls, config: Config) -> Pipeline:
@@ -69,14 +72,15 @@ class Pipeline:
         scheduler = Scheduler(runners, config.interval, after_each_round=alerting.run_cycle)
         specs = {collector.name: collector.metrics for collector in collectors}
         page = MetricsPage(store, specs, sender.deliveries if sender else None)
-        return cls(config, store, page, scheduler, alerting, sender)
+        descriptions = {runner.key: runner.collector.describe() for runner in runners}
+        return cls(config, store, page, scheduler, alerting, sender, descriptions)
 
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(alert, self.config.runbook_base_url) for alert in self.store.alerts()]
 
     def start(self) -> None:
-        for runner in self.scheduler.runners:
-            log.info("collector %s: monitoring %s", runner.collector.name, runner.collector.describe())
+        for (collector, _), description in self.descriptions.items():
+            log.info("collector %s: monitoring %s", collector, description)
         if self.sender is not None:
             log.info("sending alerts to %s", ", ".join(self.config.alertmanager.urls))
             self.sender.start()
@@ -94,12 +98,7 @@ class Pipeline:
         configurations watch alike, so that a reload neither resets nor re-raises an alert. A target
         that kept its name but now points elsewhere (another address, say) starts afresh: its window
         would mix two servers' readings."""
-        before = {runner.key: runner.collector.describe() for runner in previous.scheduler.runners}
-        same = {
-            runner.key
-            for runner in self.scheduler.runners
-            if before.get(runner.key) == runner.collector.describe()
-        }
+        same = {key for key, text in self.descriptions.items() if previous.descriptions.get(key) == text}
         self.store.carry_over(previous.store, same)
         if self.sender is not None and previous.sender is not None:
             self.sender.carry_over(previous.sender)
@@ -137,6 +136,9 @@ def reload(current: Pipeline, server: AgentServer, load: Callable[[], Config]) -
         fresh = Pipeline.build(config)
     except (ConfigError, OSError, ValueError) as error:
         log.error("reload failed, keeping the running configuration: %s", error)
+        return current
+    except Exception as error:  # a bug in building must not end a running agent
+        log.exception("reload failed, keeping the running configuration: %s", type(error).__name__)
         return current
     if config.listen != current.config.listen:
         log.warning("listen changed to %s: it takes effect at the next restart", config.listen)
