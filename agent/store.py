@@ -94,7 +94,7 @@ class Store:
         ``targets`` (those registered here too), and its alerts until the next alerting cycle: a
         reload restarts no window, no `for` timer, no error count, and /readyz stays ready."""
         with previous._lock:
-            rings = {key: ring.snapshot() for key, ring in previous._rings.items()}
+            rings = {key: ring.snapshot() for key, ring in previous._rings.items() if key in targets}
             latest, statuses = dict(previous._latest), dict(previous._status)
             alerts, signals = previous._alerts, dict(previous._signals)
         with self._lock:

@@ -35,6 +35,7 @@ _ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
 RULE_KEYS = {"enabled": "enabled", "for": "for_", "keep_firing_for": "keep_firing_for"}
+_KEYS_OF_FIELDS = {field: key for key, field in RULE_KEYS.items()}
 
 
 def load_config(
@@ -163,13 +164,12 @@ def describe_errors(error: ValidationError) -> str:
 def _location(loc: tuple[int | str, ...]) -> str:
     """The key path as the file spells it: a rule override's thresholds are keys of the override
     itself, and ``for_`` is ``for``."""
-    spelled = {field: key for key, field in RULE_KEYS.items()}
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
         elif part != "thresholds":
-            key = spelled.get(part, part)
+            key = _KEYS_OF_FIELDS.get(part, part)
             text += f".{key}" if text else key
     return text or "(top level)"
 

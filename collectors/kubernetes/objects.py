@@ -9,6 +9,7 @@ pod is absent), so absent counts read as 0; a field of the wrong type is an ``Ob
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import InvalidOperation
@@ -166,13 +167,14 @@ def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ..
         if metric_label(entry) is not None:
             currents[_source_identity(entry)] = get(entry, METRIC_SOURCES[entry["type"]], "current")
     metrics: list[HpaMetric] = []
+    seen: Counter[str] = Counter()
     for index, entry in enumerate(spec_metrics if isinstance(spec_metrics, list) else []):
         label = metric_label(entry)
         if label is None:
             continue  # a source type newer than this collector
-        repeats = sum(1 for metric in metrics if metric.label.partition("#")[0] == label)
-        if repeats:
-            label = f"{label}#{repeats + 1}"  # one series each, in the order the HPA lists them
+        seen[label] += 1
+        if seen[label] > 1:
+            label = f"{label}#{seen[label]}"  # one series each, in the order the HPA lists them
         target = get(entry, METRIC_SOURCES[entry["type"]], "target")
         target_type = str(get(target, "type"))
         where = f"spec.metrics[{index}]"
