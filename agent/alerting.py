@@ -8,7 +8,7 @@ from collections.abc import Callable, Set
 
 from agent.config import Config, ConfigError
 from agent.store import Store
-from alerts.classifier import Verdict, classify
+from alerts.classifier import Verdict, belongs_to, classify
 from alerts.conditions import Scope
 from alerts.lifecycle import Alert, AlertTracker
 from alerts.rules import Rule
@@ -71,8 +71,7 @@ class AlertingJob:
         def still_judged(alert: Alert) -> bool:
             verdict = alert.verdict
             return verdict.rule.name in enabled and any(
-                collector == verdict.collector
-                and (verdict.target == target or verdict.target.startswith(f"{target}/"))
+                collector == verdict.collector and belongs_to(verdict.target, target)
                 for collector, target in targets
             )
 

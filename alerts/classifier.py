@@ -121,6 +121,11 @@ def _subjects(
         yield f"{target}/{key}", {**values, **{name: v[key] for name, v in splits.items() if key in v}}
 
 
+def belongs_to(subject: str, target: str) -> bool:
+    """Whether a verdict's subject is ``target`` itself or one of its split subjects."""
+    return subject == target or subject.startswith(f"{target}/")
+
+
 def _remediation(rule: Rule, values: Mapping[str, float]) -> str:
     for condition, text in rule.remediation_if:
         if condition.evaluate(values, rule.thresholds):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from alerts.classifier import Verdict
+from alerts.classifier import Verdict, belongs_to
 
 AlertKey = tuple[str, str, str]  # (rule, collector, target)
 # Cycles start a few milliseconds late now and then; without slack, an alert whose `for` is a
@@ -60,9 +60,7 @@ class AlertTracker:
         unknown = {verdict.key for verdict in verdicts if verdict.truth is None}
         # A target that is down has no split label values, so it is judged once as a whole; that
         # unknown verdict stands for each of its subjects (each HPA of a namespace, say).
-        down = {
-            (v.rule.name, v.collector, f"{v.target}/") for v in verdicts if v.truth is None and v.target_down
-        }
+        down = {v.key for v in verdicts if v.truth is None and v.target_down}
         judged = {verdict.key for verdict in verdicts}
         resolved = []
         for key, alert in list(self._active.items()):
@@ -92,6 +90,6 @@ class AlertTracker:
 def _within_down_target(key: AlertKey, down: set[AlertKey]) -> bool:
     rule, collector, subject = key
     return any(
-        rule == down_rule and collector == down_collector and subject.startswith(prefix)
-        for down_rule, down_collector, prefix in down
+        rule == down_rule and collector == down_collector and belongs_to(subject, target)
+        for down_rule, down_collector, target in down
     )
