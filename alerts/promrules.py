@@ -120,11 +120,13 @@ class Translator:
         if name == "target":
             return "{{ $labels.target }}"
         signal = self._signals[name]
+        # Indexed verbs: a signal's PromQL may name its series more than once (a quotient, say), and
+        # each mention takes the same label values.
         if signal.split:
-            matchers = f"target=%q,{signal.split}=%q"
+            matchers = f"target=%[1]q,{signal.split}=%[2]q"
             query = f"printf `{signal.promql(matchers)}` $labels.namespace $labels.{signal.split} | query"
         elif signal.scope is Scope.TARGET:
-            query = f"printf `{signal.promql('target=%q')}` $labels.target | query"
+            query = f"printf `{signal.promql('target=%[1]q')}` $labels.target | query"
         else:
             query = f"query `{signal.promql('')}`"
         value = f"{{{{ . | first | value | {_HUMANIZE[signal.unit]} }}}}"
@@ -136,8 +138,8 @@ def prometheus_rule(rule: Rule, signals: Registry, runbook_base_url: str) -> dic
     return {
         "alert": rule.name,
         "expr": translator.rule_expression(),
-        "for": f"{rule.for_seconds:g}s",
-        "keep_firing_for": f"{rule.keep_firing_seconds:g}s",
+        "for": _duration(rule.for_seconds),
+        "keep_firing_for": _duration(rule.keep_firing_seconds),
         "labels": {"severity": rule.severity.value, "tier": rule.tier},
         "annotations": {
             "summary": translator.summary(),
@@ -145,6 +147,13 @@ def prometheus_rule(rule: Rule, signals: Registry, runbook_base_url: str) -> dic
             "runbook_url": runbook_base_url + rule.runbook,
         },
     }
+
+
+def _duration(seconds: float) -> str:
+    """A Prometheus duration: whole units only ("2.5s" and "1e+06s" are refused)."""
+    milliseconds = round(seconds * 1000)
+    whole, rest = divmod(milliseconds, 1000)
+    return f"{whole}s" if not rest else f"{milliseconds}ms"
 
 
 def prometheus_rules(rules: Iterable[Rule], signals: Registry, runbook_base_url: str = "") -> str:

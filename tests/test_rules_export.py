@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,24 @@ def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     names = [rule["alert"] for rule in yaml.safe_load(path.read_text())["groups"][0]["rules"]]
     assert "MemorySwapping" in names
+
+
+def test_fractional_and_large_durations_are_written_as_prometheus_reads_them(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "/usr/bin/promtool")
+    config = tmp_path / "tierwatch.yaml"
+    overrides = {"DatabaseBound": {"for": 2.5}, "CacheIneffective": {"keep_firing_for": 1000000}}
+    config.write_text(yaml.safe_dump({"rules": overrides}))
+    result = tierwatch("rules", config=config)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "rules.yaml"
+    path.write_text(result.stdout)
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rules = {rule["alert"]: rule for rule in yaml.safe_load(result.stdout)["groups"][0]["rules"]}
+    assert rules["DatabaseBound"]["for"] == "2500ms"
+    assert rules["CacheIneffective"]["keep_firing_for"] == "1000000s"
 
 
 def promtool_test(tmp_path: Path, cases: list[dict[str, Any]]) -> None:
@@ -242,3 +261,82 @@ def test_ceiling_rule_per_hpa_and_its_advice_with_a_saturated_database(tmp_path:
 
     (saturated_advice,) = (text for _, text in ceiling.remediation_if)
     promtool_test(tmp_path, [case([], ceiling.remediation), case(saturated_db, saturated_advice)])
+
+
+PRINTF = re.compile(r"printf `([^`]*)`((?: \$labels\.\w+)*) \| query")
+
+
+def test_every_figure_query_gets_a_label_value_for_each_verb(tmp_path: Path) -> None:
+    # A signal's PromQL may name its series twice (a quotient); each mention needs the label values.
+    rules = yaml.safe_load(exported_rules(tmp_path).read_text())["groups"][0]["rules"]
+    checked = 0
+    for rule in rules:
+        for text in rule["annotations"].values():
+            for query, arguments in PRINTF.findall(text):
+                verbs = re.findall(r"%(?:\[(\d+)\])?q", query)
+                assert verbs, (rule["alert"], query)
+                assert all(index for index in verbs), (rule["alert"], query)  # no bare %q
+                assert max(int(index) for index in verbs) == len(arguments.split()), (rule["alert"], query)
+                checked += 1
+    assert checked >= len(rules)
+
+
+def test_figures_of_quotients_and_maxima_are_filled_in(tmp_path: Path) -> None:
+    db = '{target="db"}'
+    series = [
+        {"series": f"tierwatch_postgres_load_on_cpu_per_vcpu{db}", "values": "1.2x10"},
+        {"series": f"tierwatch_postgres_host_vcpus{db}", "values": "2x10"},
+        {
+            "series": 'tierwatch_postgres_load_average_active_sessions{target="db",wait_class="cpu"}',
+            "values": "2.4x10",
+        },
+        {
+            "series": 'tierwatch_postgres_load_average_active_sessions{target="db",wait_class="lock"}',
+            "values": "3x10",
+        },
+        {
+            "series": 'tierwatch_postgres_replica_replay_lag_seconds{target="db",replica="r1"}',
+            "values": "40x10",
+        },
+        {
+            "series": 'tierwatch_postgres_replica_replay_lag_seconds{target="db",replica="r2"}',
+            "values": "5x10",
+        },
+    ]
+
+    def fired(name: str, severity: str, summary: str) -> dict[str, Any]:
+        return {
+            "exp_labels": {"severity": severity, "tier": "database", "target": "db"},
+            "exp_annotations": {
+                "summary": summary,
+                "remediation": _rule(name).remediation,
+                "runbook_url": f"docs/alerts/{name}.md",
+            },
+        }
+
+    cpu_bound = (
+        "db is CPU-bound: sessions on CPU are 120% of its 2 vCPUs (total load 270%); app tier CPU unknown"
+    )
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "75s",
+                        "alertname": "DatabaseBound",
+                        "exp_alerts": [fired("DatabaseBound", "critical", cpu_bound)],
+                    },
+                    {
+                        "eval_time": "75s",
+                        "alertname": "ReplicationLagHigh",
+                        "exp_alerts": [
+                            fired("ReplicationLagHigh", "warning", "db: a replica is 40s behind the primary")
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
