@@ -31,6 +31,7 @@ RESOLVED_RESEND_SECONDS = 15 * 60
 MAX_ALERTS = 10_000
 MAX_BACKOFF_SECONDS = 60.0
 TICK_SECONDS = 1.0
+MAX_REFUSAL_CHARS = 300  # of Alertmanager's explanation of a refused post, in the log
 Post = Callable[[str, bytes, float], None]
 
 
@@ -38,6 +39,20 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
     request = basic_auth_request(url, {"Content-Type": "application/json"}, data=body, method="POST")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         response.read()
+
+
+def _problem(error: Exception) -> str:
+    """What went wrong; for a post Alertmanager refused, with the start of its explanation (a 400
+    names the label or field it could not take)."""
+    reason = str(getattr(error, "reason", None) or error)
+    if isinstance(error, urllib.error.HTTPError):
+        try:
+            explanation = error.read(MAX_REFUSAL_CHARS).decode("utf-8", "replace").strip()
+        except (OSError, HTTPException):
+            explanation = ""
+        if explanation:
+            return f"{reason}: {explanation}"
+    return reason
 
 
 def without_credentials(url: str) -> str:
@@ -178,12 +193,12 @@ class AlertmanagerSender:
             endpoint.failures += 1
             backoff = min(MAX_BACKOFF_SECONDS, self._resend, 2.0 ** (endpoint.failures - 1))
             endpoint.retry_at = now + backoff
-            problem = getattr(error, "reason", None) or error
-            if endpoint.reported != str(problem):
+            problem = _problem(error)
+            if endpoint.reported != problem:
                 log.warning(
                     "sending %d alerts to %s failed: %s; retrying", len(alerts), endpoint.url, problem
                 )
-                endpoint.reported = str(problem)
+                endpoint.reported = problem
             return
         endpoint.alerts_sent += len(alerts)
         if endpoint.failures:
@@ -210,7 +225,8 @@ class AlertmanagerSender:
                 "runbook_url": self._runbook_base + rule.runbook,
                 **({"details": details} if (details := details_text(verdict)) else {}),
             },
-            "startsAt": rfc3339(alert.active_since),
+            # As Prometheus sends it: the alert started when it fired, not when it began pending.
+            "startsAt": rfc3339(alert.fired_at or alert.active_since),
             "endsAt": rfc3339(ends_at or now),
         }
 

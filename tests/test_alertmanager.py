@@ -4,6 +4,7 @@ raising and resolving an alert that reaches Alertmanager with its annotations.""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import threading
@@ -28,8 +29,12 @@ RULE = RULES[0]  # MemorySwapping
 
 
 def alert(state: State, since: float = 100.0, resolved_at: float | None = None) -> Alert:
+    """Firing (or fired, when resolved) from ``since``, after pending for 30 s."""
     verdict = Verdict(RULE, "host", "node-a", True, {"host_memory_used_ratio": 0.95}, "node-a is swapping")
-    return Alert(verdict, state, active_since=since, last_held=since, fired_at=since, resolved_at=resolved_at)
+    fired_at = None if state is State.PENDING else since
+    return Alert(
+        verdict, state, active_since=since - 30, last_held=since, fired_at=fired_at, resolved_at=resolved_at
+    )
 
 
 class Recorder:
@@ -93,6 +98,7 @@ def test_firing_is_sent_at_once_then_every_resend_interval() -> None:
     assert sent["annotations"]["runbook_url"] == "https://x/docs/alerts/MemorySwapping.md"
     assert "RAM" in sent["annotations"]["remediation"]
     assert "details" not in sent["annotations"]  # the host has none
+    assert sent["startsAt"] == "1970-01-01T00:01:40.000Z"  # when it fired, as Prometheus sends it
     assert sent["endsAt"] == "1970-01-01T00:20:40.000Z"  # now (1000 s) + 4 x max(5, 60) s
     clock.now += 30
     out.notify([alert(State.FIRING)], [])
@@ -252,6 +258,22 @@ def test_real_alertmanager_receives_and_resolves(alertmanager: Alertmanager) -> 
     )
 
 
+def test_a_refused_post_is_logged_with_alertmanagers_reason(
+    alertmanager: Alertmanager, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The config refuses such a label; a sender given one anyway shows why Alertmanager said no.
+    out = AlertmanagerSender(
+        (alertmanager.url,), 1.0, 1.0, timeout=2.0, static_labels={"my-team": "db"}, runbook_base_url=""
+    )
+    out.notify([alert(State.FIRING, since=time.time())], [])
+    with caplog.at_level(logging.WARNING, logger="tierwatch.alertmanager"):
+        out.send_due()
+    assert out.deliveries().failed == ((alertmanager.url, 1),)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "Bad Request: " in line
+    assert "my-team" in line
+
+
 def test_alertmanager_down_while_firing_gets_it_when_back(alertmanager: Alertmanager) -> None:
     alertmanager.stop()
     out = AlertmanagerSender(
@@ -359,6 +381,7 @@ def test_reload_neither_resets_nor_re_raises_a_firing_alert(
             lambda: alertmanager.webhook.statuses("MemorySwapping") == ["firing"], "firing notification"
         )
         (before,) = active_alerts(agent)
+        (held_before,) = alertmanager.alerts()
         sent_before = sent_total(agent, alertmanager)
         # A reload that changes something else: the firing alert goes on as it was.
         agent.reload({**config, "alertmanager": {"urls": [alertmanager.url], "resend_interval": 2}})
@@ -368,7 +391,7 @@ def test_reload_neither_resets_nor_re_raises_a_firing_alert(
         assert after == [("MemorySwapping", "firing", before["active_since"])]
         assert alertmanager.webhook.statuses("MemorySwapping") == ["firing"]
         (held,) = alertmanager.alerts()
-        assert held["startsAt"].startswith(before["active_since"][:19])
+        assert held["startsAt"] == held_before["startsAt"]
         assert sent_total(agent, alertmanager) > sent_before  # counted on from before the reload
         # A reload that disables the rule resolves the alert at once, and the resolution is delivered.
         rules = {**config["rules"], "MemorySwapping": {"enabled": False}}

@@ -264,6 +264,24 @@ def test_numbers_must_be_finite(tmp_path: Path, text: str, problem: str) -> None
         load_config(write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        ("{my-team: db}", "'my-team' is not a label name"),
+        ("{__team: db}", "'__team' is not a label name"),
+        ("{severity: page}", "'severity' is set by tierwatch on every alert"),
+        ("{team: ''}", "'team' has an empty value"),
+    ],
+)
+def test_alertmanager_labels_are_ones_alertmanager_takes(tmp_path: Path, labels: str, problem: str) -> None:
+    text = f"alertmanager: {{urls: [http://am:9093], labels: {labels}}}\n"
+    with pytest.raises(ConfigError, match=re.escape(f"alertmanager.labels: {problem}")):
+        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, "alertmanager: {labels: {team: db}}\n")).alertmanager.labels == {
+        "team": "db"
+    }
+
+
 def test_rule_overrides_from_environment() -> None:
     environ = {
         "TIERWATCH_RULES__DATABASEBOUND__FOR": "60",

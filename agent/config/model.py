@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from pydantic_core import CoreSchema
 
 NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_LABELS = ("alertname", "severity", "tier", "target")  # set on every alert by tierwatch
 LIST_SECTIONS = ("postgres", "pgbouncer", "redis", "app")
 # The list sections whose entries are SecretTargets: a password, a password_file, secrets to redact.
 SECRET_SECTIONS = ("postgres", "pgbouncer", "redis")
@@ -168,6 +170,17 @@ class AlertmanagerSection(Section):
     resend_interval: float = 60.0
     timeout: float = 10.0
     labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Alertmanager refuses a whole post over one bad label, so every alert would be lost.
+        for name, value in self.labels.items():
+            if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+                raise ValueError(f"labels: {name!r} is not a label name (letters, digits, _; no leading __)")
+            if name in RESERVED_LABELS:
+                raise ValueError(f"labels: {name!r} is set by tierwatch on every alert")
+            if not value:
+                raise ValueError(f"labels: {name!r} has an empty value, which Alertmanager refuses")
 
 
 @dataclass(frozen=True, kw_only=True)
