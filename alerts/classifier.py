@@ -78,6 +78,7 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
                 for subject, values in _subjects(target, window, collector, needed, global_values):
                     evidence = {s.name: values[s.name] for s in needed if s.name in values}
                     truth = condition.evaluate(values, rule.thresholds)
+                    remediation, advised_by = _remediation(rule, values)
                     verdicts.append(
                         Verdict(
                             rule=rule,
@@ -86,11 +87,11 @@ def classify(windows: Windows, rules: Iterable[Rule], signals: Registry) -> list
                             truth=truth,
                             evidence=MappingProxyType(evidence),
                             summary=_summary(rule, collector, subject, evidence, signals),
-                            remediation=_remediation(rule, values),
+                            remediation=remediation,
                             details=window[-1].details if window else {},
                             target_down=not window,
                             missing=tuple(name for name in judged_on[collector] if name not in values),
-                            because=tuple(dict.fromkeys(condition.held(values, rule.thresholds)))
+                            because=_because(condition.held(values, rule.thresholds), advised_by)
                             if truth
                             else (),
                         )
@@ -126,11 +127,17 @@ def belongs_to(subject: str, target: str) -> bool:
     return subject == target or subject.startswith(f"{target}/")
 
 
-def _remediation(rule: Rule, values: Mapping[str, float]) -> str:
+def _remediation(rule: Rule, values: Mapping[str, float]) -> tuple[str, tuple[str, ...]]:
+    """The advice for these values, and the signals that chose an alternative to the rule's own."""
     for condition, text in rule.remediation_if:
         if condition.evaluate(values, rule.thresholds):
-            return text
-    return rule.remediation
+            return text, tuple(condition.held(values, rule.thresholds))
+    return rule.remediation, ()
+
+
+def _because(held: Iterable[str], advised_by: tuple[str, ...]) -> tuple[str, ...]:
+    # The advice may point at "because": it must name the signals that chose it too.
+    return tuple(dict.fromkeys([*held, *advised_by]))
 
 
 # What classify works out once per rule object: the rule table is fixed until a reload builds new

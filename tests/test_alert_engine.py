@@ -13,6 +13,7 @@ from alerts.classifier import Verdict, classify
 from alerts.conditions import Compare, NotTrue, WhenPresent, all_of, any_of
 from alerts.lifecycle import AlertTracker, State
 from alerts.table import RULES, SIGNALS
+from collectors.base import Sample
 from tests.proc_trees import cycles
 
 LIMITS = {"high": 0.9}
@@ -186,3 +187,25 @@ def test_split_alerts_are_held_while_their_target_is_down() -> None:
     active, resolved = tracker.update([back, quiet], now=20.0)
     assert [alert.key[2] for alert in active] == ["shop/web"]
     assert [alert.key[2] for alert in resolved] == ["shop/api"]
+
+
+def test_advice_chosen_by_a_saturated_tier_names_it_in_because() -> None:
+    """The ceiling's advice with a saturated shared tier points at 'because': it must name that tier."""
+    hpa = ("web",)
+    cluster = Sample(
+        "kubernetes",
+        "shop",
+        1.0,
+        {
+            ("kubernetes_hpa_at_max_replicas", hpa): 1.0,
+            ("kubernetes_hpa_usage_to_target_ratio", hpa): 1.5,
+            ("kubernetes_hpa_max_replicas", hpa): 6.0,
+        },
+    )
+    database = Sample("postgres", "main", 1.0, {("postgres_load_on_cpu_per_vcpu", ()): 1.2})
+    windows = {("kubernetes", "shop"): (cluster,), ("postgres", "main"): (database,)}
+    ceiling = next(rule for rule in RULES if rule.name == "HorizontalScalingCeiling")
+    (verdict,) = [v for v in classify(windows, (ceiling,), SIGNALS) if v.target == "shop/web"]
+    assert verdict.truth
+    assert verdict.remediation == ceiling.remediation_if[0][1]
+    assert verdict.because == ("hpa_at_max", "hpa_usage_to_target", "db_cpu_load_max_per_vcpu")
