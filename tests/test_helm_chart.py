@@ -189,7 +189,8 @@ def test_objects_match_kubernetes_schemas(rendered: dict[str, list[Manifest]], c
         if doc["kind"] == "ServiceMonitor":
             check_service_monitor(doc, of_kind(docs, "Service"))
         elif doc["kind"] == "PrometheusRule":
-            check_prometheus_rule(doc)
+            own_file = ci_values(case).get("prometheusRule", {}).get("file") if case in CI_VALUES else None
+            check_prometheus_rule(doc, own_file or (CHART / "files" / "prometheus-rules.yaml").read_text())
         else:
             assert_valid_schema(doc)
 
@@ -210,11 +211,10 @@ def check_service_monitor(monitor: Manifest, services: list[Manifest]) -> None:
             assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
 
 
-def check_prometheus_rule(rule: Manifest) -> None:
+def check_prometheus_rule(rule: Manifest, rule_file: str) -> None:
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(rule["spec"]) == {"groups"}
-    shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
-    assert rule["spec"]["groups"] == (shipped["groups"] or [])
+    assert rule["spec"]["groups"] == (yaml.safe_load(rule_file)["groups"] or [])
     for group in rule["spec"]["groups"]:
         assert isinstance(group["name"], str)
         assert set(group) <= {"name", "interval", "rules", "limit"}
@@ -493,6 +493,28 @@ def test_unsafe_or_broken_values_are_refused(
     assert result.returncode != 0
     assert message in result.stderr
     assert SENTINEL not in result.stderr
+
+
+def test_prometheus_rules_carry_the_configured_overrides(helm: str, tmp_path: Path) -> None:
+    overrides = {"CacheIneffective": {"enabled": False}, "DatabaseBound": {"cpu_load_per_vcpu": 0.5}}
+    values = write_values(tmp_path, {"prometheusRule": {"enabled": True}, "config": {"rules": overrides}})
+    refused = run_helm(helm, "template", "tw", str(CHART), "--values", values)
+    assert refused.returncode != 0
+    assert "prometheusRule.file" in refused.stderr  # the chart's own file would ignore the overrides
+    config = tmp_path / "tierwatch.yaml"
+    config.write_text(yaml.safe_dump({"rules": overrides}))
+    printed = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "tierwatch"), "rules", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(printed.stdout)
+    docs = documents(template(helm, "--values", values, "--set-file", f"prometheusRule.file={rules_file}"))
+    rules = {rule["alert"]: rule for rule in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert "CacheIneffective" not in rules
+    assert "tierwatch_postgres_load_on_cpu_per_vcpu >= 0.5" in rules["DatabaseBound"]["expr"]
 
 
 # --- sidecar ------------------------------------------------------------------------------------
