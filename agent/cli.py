@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from agent.config import Config, ConfigError
 from agent.redact import ScrubbingFilter
 
 EXIT_OK, EXIT_FOUND, EXIT_CANNOT_RUN = 0, 1, 2
+MAX_CHECK_SECONDS = 3600.0
 log = logging.getLogger("tierwatch")
 
 
@@ -28,11 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="HOST:PORT for the HTTP server (default 127.0.0.1:10090)")
     check = commands.add_parser("check", help="one-shot diagnosis of every configured tier")
     check.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
-    check.add_argument("--duration", type=float, default=3.0, help="seconds to collect for (rates need two)")
+    check.add_argument(
+        "--duration", type=_seconds, default=3.0, help="seconds to collect for (rates need two cycles)"
+    )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rules = commands.add_parser("rules", help="print the rule table as Prometheus alerting rules")
     rules.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_CHECK_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_CHECK_SECONDS} seconds")
+    return value
 
 
 def setup_logging(level: str) -> None:
@@ -83,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print(f"tierwatch: unknown log level {args.log_level!r}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    if args.command == "run":
+        # Until the agent can reload, a SIGHUP (a config-management tool, say) must not end it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         if args.command == "run":
             from agent.run import run_agent
@@ -101,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_check(resolve_config(args.config), args.duration, as_json=args.json)
     except ConfigError as error:
         print(f"tierwatch: configuration error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except Exception:  # an uncaught error would exit 1, which `check` uses for "bottleneck found"
+        log.exception("tierwatch %s could not run", args.command)
         return EXIT_CANNOT_RUN
 
 

@@ -114,6 +114,14 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
+        self.spawn()
+        self.wait_for(lambda: http_get(f"{self.url}/healthz", 1)[0] == 200, "healthz")
+        if wait_ready:
+            self.wait_for(lambda: http_get(f"{self.url}/readyz", 1)[0] == 200, "readyz")
+        return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Starts the agent without waiting for anything."""
         command = [
             sys.executable,
             "-m",
@@ -126,10 +134,7 @@ class AgentProcess:
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=self._env, stdout=log, stderr=log)
-        self.wait_for(lambda: http_get(f"{self.url}/healthz", 1)[0] == 200, "healthz")
-        if wait_ready:
-            self.wait_for(lambda: http_get(f"{self.url}/readyz", 1)[0] == 200, "readyz")
-        return self
+        return self.process
 
     def wait_for(self, condition: Any, what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -114,3 +115,23 @@ def test_kept_alive_scrapes_do_not_stall(agent: AgentProcess) -> None:
         assert connection.getresponse().read() == b"ok\n"
     connection.close()
     assert time.monotonic() - started < 1.5
+
+
+def test_a_sighup_while_starting_does_not_end_the_agent(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, {"interval": 0.5, "host": {"name": "node-a"}})
+    process = agent.spawn()
+    try:
+        # As soon as SIGHUP is ignored or handled, before the config is read or the port bound.
+        agent.wait_for(lambda: _handles_sighup(process.pid), "SIGHUP disposition", timeout=10)
+        with pytest.raises(OSError, match="Connection refused"):  # still starting: the config is checked
+            http_get(f"{agent.url}/healthz", 1)
+        process.send_signal(signal.SIGHUP)
+        agent.wait_for(lambda: http_get(f"{agent.url}/readyz", 1)[0] == 200, "readyz")
+    finally:
+        assert agent.stop() == 0
+
+
+def _handles_sighup(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = dict(line.split(":\t") for line in status.splitlines() if line.startswith(("SigIgn", "SigCgt")))
+    return any(int(mask, 16) & (1 << (signal.SIGHUP - 1)) for mask in masks.values())

@@ -294,3 +294,31 @@ def test_rule_overrides_from_environment() -> None:
     assert rules["MemorySwapping"].keep_firing_for == 5
     with pytest.raises(ConfigError, match="threshold 'memory_used_ratio' must be a number"):
         load_config(None, environ={"TIERWATCH_RULES__MemorySwapping__memory_used_ratio": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("redis:\n  - name: r\n    password: *Xk9wQ2zLpT\n", "found undefined alias '...'"),
+        ("redis:\n  - name: r\n    password: !Xk9wQ2zLpT\n", "constructor for the tag '...'"),
+    ],
+)
+def test_a_yaml_error_never_quotes_an_unquoted_password(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert problem in str(error.value)
+    assert "Xk9wQ2zLpT" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("host: {name: 2024-02-30}\n", "a value reads as an invalid date (day is out of range for month)"),
+        ("interval: 1e12\n", "interval: must be at most 86400 seconds"),
+        ("timeout: 1e300\n", "timeout: must be at most 86400 seconds"),
+        ("app: [{name: a, process: 'a{99999999999}'}]\n", "process: not a valid regular expression"),
+    ],
+)
+def test_values_beyond_what_the_agent_can_use_are_named(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(write(tmp_path, text))

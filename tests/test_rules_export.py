@@ -340,3 +340,10 @@ def test_figures_of_quotients_and_maxima_are_filled_in(tmp_path: Path) -> None:
             }
         ],
     )
+
+
+def test_check_refuses_a_duration_it_cannot_wait_for() -> None:
+    for duration in ("nan", "-1", "inf"):
+        result = tierwatch("check", "--duration", duration)
+        assert result.returncode == 2, (duration, result.stderr)  # never 1, "bottleneck found"
+        assert "argument --duration" in result.stderr

@@ -31,6 +31,7 @@ NOT_FIELDS = frozenset({"TIERWATCH_CONFIG", "TIERWATCH_LOG_LEVEL"})
 SERVICE_LINK = re.compile(
     r"TIERWATCH_(\w+_)?(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)"
 )
+QUOTED = re.compile(r"'[^']*'")  # a quoted token in a YAML error message
 _ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
@@ -134,9 +135,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         # The marked snippet of the offending line could hold a secret: report the position only.
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
+        # Some problems quote the token they stopped at ("found undefined alias 'x'"): an unquoted
+        # password that starts with * or ! would be that token.
+        problem = QUOTED.sub("'...'", error.problem or type(error).__name__)
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {problem}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({type(error).__name__})") from None
+    except ValueError as error:  # a value YAML reads as a date that is none (2024-02-30)
+        raise ConfigError(f"{path}: a value reads as an invalid date ({error}); quote it") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pydantic_core import CoreSchema
 
 NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+MAX_INTERVAL_SECONDS = 86400
 LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_LABELS = ("alertname", "severity", "tier", "target")  # set on every alert by tierwatch
 LIST_SECTIONS = ("postgres", "pgbouncer", "redis", "app")
@@ -134,7 +135,7 @@ class AppTarget(Target):
         if self.process is not None:
             try:
                 re.compile(self.process)
-            except re.error as error:
+            except (re.error, OverflowError) as error:  # a{99999999999}: a repeat count beyond C's int
                 raise ValueError(f"process: not a valid regular expression: {error}") from None
 
 
@@ -219,6 +220,11 @@ class Config(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("interval", "timeout"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_INTERVAL_SECONDS:
+                # The scheduler's date arithmetic overflows long before a float does.
+                raise ValueError(f"{name}: must be at most {MAX_INTERVAL_SECONDS} seconds (a day)")
         host, sep, port = self.listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("listen: must be HOST:PORT with a port from 1 to 65535")
