@@ -117,12 +117,18 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append("")
     if report["bottlenecks"]:
         lines.append("Bottlenecks:")
-        lines.extend(
-            f"  {verdict['name']} ({verdict['target']}): {verdict['summary']}"
-            for verdict in report["bottlenecks"]
-        )
+        for verdict in report["bottlenecks"]:
+            lines.append(f"  {verdict['name']} ({verdict['target']}): {verdict['summary']}")
+            lines.append(f"    what to do: {verdict['remediation']}")
+            lines.append(f"    runbook: {verdict['runbook_url']}")
     else:
         lines.append("Bottlenecks: none found")
+    if report["unknown"]:
+        lines.append("Not judged (a signal is missing):")
+        lines.extend(
+            f"  {verdict['name']} ({verdict['target']}): missing {', '.join(verdict['missing_signals'])}"
+            for verdict in report["unknown"]
+        )
     return "\n".join(lines)
 
 

@@ -111,7 +111,8 @@ def _remediation(name: str) -> str:
     return next(rule.remediation for rule in RULES if rule.name == name)
 
 
-def check_with_tree(tmp_path: Path, tree: str) -> subprocess.CompletedProcess[str]:
+def check_with_tree(tmp_path: Path, tree: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """``tierwatch check`` of a recorded host; JSON unless ``options`` are given."""
     root = DATA / tree / "t1"
     config = tmp_path / "check.yaml"
     host = {
@@ -121,7 +122,7 @@ def check_with_tree(tmp_path: Path, tree: str) -> subprocess.CompletedProcess[st
         "cgroupfs": str(root / "cgroup"),
     }
     config.write_text(yaml.safe_dump({"host": host}))
-    return tierwatch("check", "--duration", "0.2", "--json", config=config)
+    return tierwatch("check", *(options or ("--duration", "0.2", "--json")), config=config)
 
 
 def test_check_exits_1_and_explains_a_bottleneck(tmp_path: Path) -> None:
@@ -135,6 +136,13 @@ def test_check_exits_1_and_explains_a_bottleneck(tmp_path: Path) -> None:
     assert swapping["remediation"] == _remediation("MemorySwapping")
     unknown = {u["name"]: u["missing_signals"] for u in report["unknown"]}
     assert unknown["CPUThrottled"] == ["host_cpu_throttled_ratio"]
+    table = check_with_tree(tmp_path, "swapping", "--duration", "0.2").stdout.splitlines()
+    at = table.index("  MemorySwapping (node-a): " + swapping["summary"])
+    assert table[at + 1 : at + 3] == [
+        f"    what to do: {swapping['remediation']}",
+        "    runbook: docs/alerts/MemorySwapping.md",
+    ]
+    assert "  CPUThrottled (node-a): missing host_cpu_throttled_ratio" in table
 
 
 def test_check_exits_0_on_a_quiet_host(tmp_path: Path) -> None:
