@@ -2,8 +2,9 @@
 FROM python:3.11-slim
 
 # No .pyc writes at run time (the chart mounts the root filesystem read-only), logs straight out.
-# TIERWATCH_LISTEN: in a container the agent must listen beyond loopback to be scraped; the
-# --listen option (the Helm chart passes one) still takes precedence.
+# TIERWATCH_LISTEN: in a container the agent must listen beyond loopback to be scraped. Like every
+# TIERWATCH_ variable it beats the config file, so `listen:` in a file has no effect in this image:
+# set the address with --listen (the Helm chart passes one) or -e TIERWATCH_LISTEN=HOST:PORT.
 # MALLOC_ARENA_MAX: glibc gives each thread that allocates an arena of its own, up to 8 per CPU, and
 # with the agent's thread per job RSS grew 4.7 MiB over a 10-minute soak; with two arenas it stays
 # within 2 MiB (benchmarks/soak.py). The Helm chart sets it too, for images built otherwise.

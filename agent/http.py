@@ -25,6 +25,7 @@ AlertsProvider = Callable[[], list[dict[str, object]]]
 # http.client's bounds on a header block (the blank line that ends it counts as one).
 MAX_LINE = 65536
 MAX_HEADERS = 100
+IDLE_TIMEOUT_SECONDS = 300.0
 # A header field that the email parser reads as name, colon, value and nothing else.
 SIMPLE_FIELD = re.compile(rb"[!-9;-~]+:[^\r\n]*\r?\n")
 
@@ -87,6 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
     # (headers and body written apart by the standard library) is not held ~40 ms by the peer's
     # delayed ACK on a kept-alive connection, as Prometheus scrapes.
     disable_nagle_algorithm = True
+    # A connection that sends nothing for this long is closed: each one holds a thread. Above any
+    # sensible scrape interval, so Prometheus's kept-alive connection stays open between scrapes.
+    timeout = IDLE_TIMEOUT_SECONDS
 
     def parse_request(self) -> bool:
         """The standard library's parse_request, but for the headers: it reads them with
@@ -189,6 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found\n")
 
+    def do_HEAD(self) -> None:
+        """What GET answers, without the body: RFC 9110 asks every general-purpose server for HEAD."""
+        self.do_GET()
+
     def _send(self, status: int, content_type: str, body: bytes) -> None:
         """What send_response, send_header and end_headers write, with the body in the same write: on
         loopback every write is a trip through the TCP stack charged to this process."""
@@ -203,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         )
-        self.wfile.write(head.encode("latin-1") + body)
+        self.wfile.write(head.encode("latin-1") + (b"" if self.command == "HEAD" else body))
 
     def log_message(self, format: str, *args: object) -> None:
         if log.isEnabledFor(logging.DEBUG):

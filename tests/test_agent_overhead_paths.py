@@ -71,7 +71,8 @@ class _StandardHandler(_Handler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 @pytest.fixture
@@ -124,7 +125,8 @@ REQUESTS = {
     "four words": b"GET /healthz HTTP/1.1 more\r\n\r\n",
     "one word": b"GET\r\n\r\n",
     "empty line": b"\r\n",
-    "unsupported method": b"HEAD /metrics HTTP/1.1\r\n\r\n",
+    "HEAD": b"HEAD /metrics HTTP/1.1\r\n\r\nHEAD /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    "unsupported method": b"DELETE /metrics HTTP/1.1\r\n\r\n",
     "expect 100-continue": b"GET /healthz HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
     "folded header": b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n  2\r\nConnection: close\r\n\r\n" + GET,
     "no colon ends the headers": b"GET /healthz HTTP/1.1\r\nbogus\r\nConnection: close\r\n\r\n" + GET,
@@ -144,6 +146,23 @@ def test_answers_equal_the_standard_librarys(servers: tuple[int, int], raw: byte
     ours, standard = servers
     expected = exchange(standard, raw)
     assert exchange(ours, raw) == expected
+
+
+def test_head_answers_the_headers_of_get(servers: tuple[int, int]) -> None:
+    ours, _ = servers
+    got, head = (exchange(ours, f"{verb} /metrics HTTP/1.0\r\n\r\n".encode()) for verb in ("GET", "HEAD"))
+    assert got.startswith(head)
+    assert head.endswith(b"\r\n\r\n")
+    assert b"Content-Length: %d\r\n" % len(got.partition(b"\r\n\r\n")[2]) in head
+
+
+def test_an_idle_connection_is_closed(servers: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Handler, "timeout", 0.3)
+    ours, _ = servers
+    with socket.create_connection(("127.0.0.1", ours), timeout=10) as connection:
+        started = time.monotonic()
+        assert connection.recv(1) == b""  # closed by the agent, not by this client's 10 s
+    assert time.monotonic() - started < 5
 
 
 def test_one_write_per_response(servers: tuple[int, int]) -> None:
