@@ -203,6 +203,7 @@ def _projected_ratio(values: Mapping[str, float]) -> float | None:
 TIERS: Registry = registry(*HOST, *APP, *DATABASE, *POOLER, *CACHE, *AUTOSCALING)
 OTHER_TIERS = (
     worst_of("app_tier_cpu_max_ratio", TIERS["app_cpu_ratio"]),
+    worst_of("app_tier_latency_p99_max", TIERS["app_latency_p99"]),
     worst_of("db_cpu_load_max_per_vcpu", TIERS["db_cpu_load_per_vcpu"]),
     worst_of("db_load_max_per_vcpu", TIERS["db_load_per_vcpu"]),
     worst_of("db_connections_max_ratio", TIERS["db_connections_used_ratio"]),

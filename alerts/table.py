@@ -41,7 +41,8 @@ HOST_RULES: tuple[Rule, ...] = (
             "shared_buffers/work_mem. If the working set is legitimately larger, move to a memory-optimized "
             "instance. Do not add swap: it turns an out-of-memory crash into a slow, silent outage."
         ),
-        context=("app_tier_cpu_max_ratio",),
+        # What swapping costs the users: the slowest app's p99 latency, when an app target reports it.
+        context=("app_tier_latency_p99_max",),
         root_cause=True,
     ),
     Rule(

@@ -209,3 +209,18 @@ def test_advice_chosen_by_a_saturated_tier_names_it_in_because() -> None:
     assert verdict.truth
     assert verdict.remediation == ceiling.remediation_if[0][1]
     assert verdict.because == ("hpa_at_max", "hpa_usage_to_target", "db_cpu_load_max_per_vcpu")
+
+
+def test_swapping_evidence_carries_the_apps_latency() -> None:
+    host = Sample(
+        "host",
+        "node-a",
+        1.0,
+        {("host_memory_used_ratio", ()): 0.95, ("host_swap_in_pages_per_second", ()): 50.0},
+    )
+    app = Sample("app", "api", 1.0, {("app_request_latency_p99_seconds", ()): 0.8})
+    windows = {("host", "node-a"): (host,), ("app", "api"): (app,)}
+    swapping = next(rule for rule in RULES if rule.name == "MemorySwapping")
+    (verdict,) = classify(windows, (swapping,), SIGNALS)
+    assert verdict.truth
+    assert verdict.evidence["app_tier_latency_p99_max"] == 0.8
