@@ -81,6 +81,8 @@ class Pipeline:
     def start(self) -> None:
         for (collector, _), description in self.descriptions.items():
             log.info("collector %s: monitoring %s", collector, description)
+        if not self.descriptions:
+            log.warning("no collector is configured: nothing is monitored, and /readyz answers 503")
         if self.sender is not None:
             log.info("sending alerts to %s", ", ".join(self.config.alertmanager.urls))
             self.sender.start()

@@ -84,6 +84,15 @@ def test_start_up_log_names_what_is_monitored(agent: AgentProcess) -> None:
     assert f"collector app: monitoring app api (processes matching '{BURNER_TAG}')" in log
 
 
+def test_an_agent_with_nothing_to_collect_says_so(tmp_path: Path) -> None:
+    idle = AgentProcess(tmp_path, {"host": {"enabled": False}}).start(wait_ready=False)
+    try:
+        idle.wait_for(lambda: "no collector is configured" in idle.log(), "the warning")
+        assert http_get(f"{idle.url}/readyz")[0] == 503
+    finally:
+        assert idle.stop() == 0
+
+
 def test_sigterm_stops_cleanly_within_5_seconds(agent: AgentProcess) -> None:
     started = time.monotonic()
     assert agent.stop() == 0
