@@ -20,6 +20,7 @@ import pytest
 from agent.config.loader import validate_config
 from collectors.base import Sample
 from collectors.postgres import PostgresCollector, build
+from collectors.postgres.queries import read_top_queries
 from tests.fixtures.postgres_server import (
     APP_ROLE,
     MAX_CONNECTIONS,
@@ -358,10 +359,77 @@ def test_top_statements_are_evidence_not_labels(make: MakeCollector, postgres_se
     assert top[0]["total_seconds"] == pytest.approx(3 * top[0]["mean_seconds"])
     assert isinstance(top[0]["queryid"], int)
     texts = [entry["query"] for entry in top]
-    assert f"ALTER ROLE {APP_ROLE} PASSWORD '…'" in texts
+    assert f"ALTER ROLE {APP_ROLE} PASSWORD …" in texts
     assert not any(app_password in text for text in texts)
     labels = {value for (_, values) in sample.values for value in values}
     assert not any("tw_marker" in label or "ALTER" in label for label in labels)
+
+
+SECRET = "tw-secret-7c1e"
+# Utility statements that pg_stat_statements records with their literals as written.
+SECRET_STATEMENTS = {
+    f"ALTER ROLE {{role}} PASSWORD $${SECRET}-1$$": "ALTER ROLE {role} PASSWORD …",
+    f"ALTER ROLE {{role}} PASSWORD $tw${SECRET}-2$tw$": "ALTER ROLE {role} PASSWORD …",
+    f"ALTER ROLE {{role}} PASSWORD E'x\\'{SECRET}-3'": "ALTER ROLE {role} PASSWORD …",
+    f"COMMENT ON ROLE {{role}} IS $${SECRET}-4$$": "COMMENT ON ROLE {role} IS '…'",
+    f"COMMENT ON ROLE {{role}} IS $note$ it's {SECRET}-5 $note$": "COMMENT ON ROLE {role} IS '…'",
+    f"COMMENT ON ROLE {{role}} IS E'it\\'s {SECRET}-6'": "COMMENT ON ROLE {role} IS '…'",
+}
+
+
+@pytest.fixture
+def scratch_role(postgres_server: PostgresServer) -> Iterator[str]:
+    """A role of no use but to be altered by a test, dropped afterwards."""
+    role = "tw_scratch"
+    with postgres_server.connect() as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} NOLOGIN")
+    yield role
+    with postgres_server.connect() as admin:
+        admin.execute(f"DROP ROLE {role}")
+
+
+def test_no_string_literal_of_any_form_reaches_the_top_statements(
+    make: MakeCollector, postgres_server: PostgresServer, scratch_role: str
+) -> None:
+    with postgres_server.connect() as admin:
+        admin.execute("SELECT pg_stat_statements_reset()")
+        for statement in SECRET_STATEMENTS:
+            admin.execute(statement.format(role=scratch_role))
+    sample = make().collect()
+    with postgres_server.connect(MONITOR_ROLE) as monitor:
+        listed = read_top_queries(monitor, 1000)  # beyond the top five: every statement recorded
+    assert listed is not None
+    texts = {entry["query"] for entry in listed}
+    assert {masked.format(role=scratch_role) for masked in SECRET_STATEMENTS.values()} <= texts
+    assert not any(SECRET in text for text in texts)
+    assert SECRET not in repr(sample.details)
+
+
+def test_a_monitor_role_named_in_capitals_reads_top_statements_without_its_own(
+    postgres_server: PostgresServer,
+) -> None:
+    """current_user::regrole would fold "Monitor" to monitor: no such role, a failed cycle."""
+    role, password = "Monitor", "capital-pw-5e2d"
+    with postgres_server.connect() as admin:
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+        admin.execute(f'GRANT pg_monitor TO "{role}"')
+        admin.execute("SELECT pg_stat_statements_reset()")
+    entry = {"name": "main", "dsn": postgres_server.dsn(role), "password": password}
+    config = validate_config({"interval": 2, "postgres": [entry]})
+    collector = build(config, config.postgres[0])
+    try:
+        with postgres_server.connect(APP_ROLE) as connection:
+            connection.execute("SELECT count(*) AS tw_capital FROM generate_series(1, 300000)")
+        # The cycle statement runs before the top statements are read: it is recorded by then.
+        texts = [entry["query"] for entry in collector.collect().details["top_queries"]]
+    finally:
+        collector.close()
+        postgres_server.wait_for_no_monitor_connections()
+        with postgres_server.connect() as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+    assert any("tw_capital" in text for text in texts)
+    assert not any("pg_blocking_pids" in text for text in texts)  # the monitor's own cycle statement
 
 
 def test_pg_monitor_alone_sees_every_session(make: MakeCollector, postgres_server: PostgresServer) -> None:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from agent.config.loader import validate_config
-from collectors.base import CollectorError, Reason
+from collectors.base import Collector, CollectorError, Reason
+from collectors.pgbouncer import build as build_pgbouncer
 from collectors.postgres import PostgresCollector, build
 from collectors.postgres.session import query_error
-from tests.fixtures.postgres_server import MONITOR_ROLE, PostgresServer
+from tests.fixtures.pgbouncer_server import PgBouncerServer
+from tests.fixtures.postgres_server import APP_ROLE, MAX_CONNECTIONS, MONITOR_ROLE, PostgresServer
 from tests.support import AgentProcess, http_get, value
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
@@ -41,7 +44,7 @@ def collector(postgres_server: PostgresServer) -> Iterator[PostgresCollector]:
     postgres_server.wait_for_no_monitor_connections()
 
 
-def failure(collector: PostgresCollector) -> CollectorError:
+def failure(collector: Collector) -> CollectorError:
     with pytest.raises(CollectorError) as caught:
         collector.collect()
     return caught.value
@@ -161,3 +164,56 @@ def test_paused_server_bounds_the_cycle_and_metrics_keep_answering(
     # give or take the scheduler thread's wake-up on a loaded machine.
     assert 0.8 <= value(series, "tierwatch_collector_duration_seconds", **SELF) <= 1.0 + 0.25
     assert "recovered" in log
+
+
+@contextmanager
+def every_slot_taken(server: PostgresServer) -> Iterator[None]:
+    """Superuser sessions over the socket in every connection slot, the reserved ones included, so
+    that the next client meets PostgreSQL's "too many clients" refusal; they are closed on exit and
+    the slots are free again before it returns."""
+    with ExitStack() as sessions:
+        refusal = ""
+        for _ in range(MAX_CONNECTIONS + 1):
+            try:
+                sessions.enter_context(server.connect(application_name="slot-holder"))
+            except psycopg.OperationalError as error:
+                refusal = str(error)
+                break
+        assert "too many clients" in refusal, "the server never refused a session"
+        yield
+    with server.connect() as admin:
+        deadline = time.monotonic() + 5
+        count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'slot-holder'"
+        while admin.execute(count).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the slot holders' sessions did not end"
+            time.sleep(0.02)
+
+
+def test_a_server_without_a_free_slot_is_named_as_full(
+    collector: PostgresCollector, postgres_server: PostgresServer
+) -> None:
+    with every_slot_taken(postgres_server):
+        error = failure(collector)
+    assert error.reason is Reason.OTHER  # the server is up and answering, only full
+    assert "no free connection slot on the server" in error.detail
+    time.sleep(1.0)  # the first backoff step
+    assert collector.collect().get("postgres_max_connections") == MAX_CONNECTIONS
+
+
+def test_a_pgbouncer_console_user_not_listed_is_a_permission_error(
+    pgbouncer_server: PgBouncerServer,
+) -> None:
+    """A user PgBouncer knows (auth_file) but lists in neither admin_users nor stats_users."""
+    entry = {
+        "name": "pool",
+        "dsn": pgbouncer_server.dsn(APP_ROLE),
+        "password": pgbouncer_server.passwords[APP_ROLE],
+    }
+    config = validate_config({"interval": 2, "pgbouncer": [entry]})
+    collector = build_pgbouncer(config, config.pgbouncer[0])
+    try:
+        error = failure(collector)
+    finally:
+        collector.close()
+    assert error.reason is Reason.PERMISSION
+    assert "admin_users nor stats_users" in error.detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 
 from agent.config import ConfigError
@@ -13,8 +14,8 @@ from collectors.base import CollectorError, Reason
 from collectors.postgres import build, database_share, local_vcpus
 from collectors.postgres.bounded import OTHER, fold, largest, top_n
 from collectors.postgres.dsn import connector, endpoint, is_local, parse_dsn, server
-from collectors.postgres.queries import EVERY_DATABASE, DatabaseShare, shorten, state_label
-from collectors.postgres.session import Session
+from collectors.postgres.queries import EVERY_DATABASE, DatabaseShare, shorten, state_label, worst_per_name
+from collectors.postgres.session import Session, connect_error
 
 
 def test_top_n_keeps_the_largest_and_sums_the_rest() -> None:
@@ -145,14 +146,84 @@ def test_connections_carry_the_name_and_timeouts_below_the_cycle() -> None:
     assert "password" not in console
 
 
+def test_connections_probe_a_silent_peer_with_keepalives() -> None:
+    """An acknowledged query whose answer a partition swallows sends nothing more: only keepalive
+    probes find the peer gone, after the timeout (rounded up) and three probes a second apart."""
+    expected = {
+        "keepalives": "1",
+        "keepalives_idle": "3",
+        "keepalives_interval": "1",
+        "keepalives_count": "3",
+    }
+    for admin_console in (False, True):
+        made = connector(parse_dsn("host=db"), None, 2.5, admin_console=admin_console).keywords
+        assert {key: made[key] for key in expected} == expected
+    assert connector(parse_dsn("host=db"), None, 0.3).keywords["keepalives_idle"] == "1"
+
+
+def test_keepalive_settings_of_the_dsn_are_kept() -> None:
+    made = connector(parse_dsn("host=db keepalives_idle=60 keepalives_count=9"), None, 2.5).keywords
+    assert made["keepalives_idle"] == "60"
+    assert made["keepalives_count"] == "9"
+    assert made["keepalives"] == "1"
+    assert made["keepalives_interval"] == "1"
+    assert connector(parse_dsn("host=db keepalives=0"), None, 2.5).keywords["keepalives"] == "0"
+
+
 def test_statement_texts_are_one_short_line_without_literals() -> None:
     assert shorten("SELECT *\n  FROM orders\n WHERE id = $1") == "SELECT * FROM orders WHERE id = $1"
-    assert shorten("ALTER ROLE app PASSWORD 'it''s secret'") == "ALTER ROLE app PASSWORD '…'"
-    assert shorten("CREATE ROLE x PASSWORD 'cut off by the 1000-char limi") == "CREATE ROLE x PASSWORD '…'"
+    assert shorten("COMMENT ON TABLE t IS 'it''s here'") == "COMMENT ON TABLE t IS '…'"
+    assert shorten("COMMENT ON TABLE t IS 'cut off by the 1000-char limi") == "COMMENT ON TABLE t IS '…'"
     long = shorten("SELECT " + ", ".join(f"column_{i}" for i in range(100)))
     assert len(long) == 200
     assert long.endswith("…")
     assert shorten(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("COMMENT ON TABLE t IS $$a 'b' c$$", "COMMENT ON TABLE t IS '…'"),
+        ("COMMENT ON TABLE t IS $x$ $$ $y$ $x$ AND 1", "COMMENT ON TABLE t IS '…' AND 1"),
+        ("COMMENT ON TABLE t IS $x$cut off", "COMMENT ON TABLE t IS '…'"),
+        (r"COMMENT ON TABLE t IS E'a\'b' || 'c'", "COMMENT ON TABLE t IS '…' || '…'"),
+        (r"COMMENT ON TABLE t IS e'a\\' || 'b'", "COMMENT ON TABLE t IS '…' || '…'"),
+        ("COMMENT ON TABLE t IS E'cut off \\", "COMMENT ON TABLE t IS '…'"),
+        ("SELECT $1, a$b$ FROM t WHERE x = $2", "SELECT $1, a$b$ FROM t WHERE x = $2"),
+        ("SELECT \"it's\", 'b' FROM t", "SELECT \"it's\", '…' FROM t"),
+        ("SELECT 1 /* it's */, 'b' -- don't\n, 'c'", "SELECT 1 /* it's */, '…' -- don't , '…'"),
+        ("ALTER ROLE app PASSWORD 'it''s secret'", "ALTER ROLE app PASSWORD …"),
+        ("alter user app with Password $$x$$ VALID UNTIL 'infinity'", "alter user app with Password …"),
+        ("ALTER ROLE app PASSWORD 'cut off by the 1000-char limi", "ALTER ROLE app PASSWORD …"),
+        ("UPDATE users SET password_hash = $1", "UPDATE users SET password_hash = $1"),
+    ],
+)
+def test_every_form_of_string_literal_is_masked(text: str, shown: str) -> None:
+    assert shorten(text) == shown
+
+
+def test_replicas_under_one_name_keep_the_worst_lag() -> None:
+    rows: list[tuple[str | None, float | None]] = [
+        ("walreceiver", 9.0),
+        ("walreceiver", 0.0),
+        ("walreceiver", None),
+        ("replica-b", 1.0),
+        (None, 2.0),
+    ]
+    assert worst_per_name(rows) == {"walreceiver": 9.0, "replica-b": 1.0, "unknown": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "cause"),
+    [
+        ("FATAL:  sorry, too many clients already", Reason.OTHER, "no free connection slot"),
+        ("FATAL:  not allowed", Reason.PERMISSION, "admin_users nor stats_users"),
+    ],
+)
+def test_refusals_are_named(message: str, reason: Reason, cause: str) -> None:
+    refused = connect_error(psycopg.OperationalError(f"connection failed: {message}"), "db:5432")
+    assert refused.reason is reason
+    assert cause in refused.detail
 
 
 def test_state_labels() -> None:

@@ -18,10 +18,11 @@ pytestmark = pytest.mark.usefixtures("one_connection_per_target")
 REPLICA = "replica-a"
 
 
-@pytest.fixture(scope="module")
-def standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
-    root = owned_temp_dir("tierwatch-pg-standby-")
-    replica = postgres_server.standby(root, REPLICA)
+def running_standby(
+    primary: PostgresServer, prefix: str, settings: dict[str, str] | None = None
+) -> Iterator[PostgresServer]:
+    root = owned_temp_dir(prefix)
+    replica = primary.standby(root, REPLICA, settings)
     try:
         replica.start()
         yield replica
@@ -29,6 +30,11 @@ def standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
         if (replica.data / "postmaster.pid").exists():
             replica.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    yield from running_standby(postgres_server, "tierwatch-pg-standby-")
 
 
 def collector_of(server: PostgresServer) -> PostgresCollector:
@@ -81,3 +87,91 @@ def test_paused_replay_shows_lag_on_the_primary_and_delay_on_the_standby(
         primary.close()
         replica.close()
         postgres_server.wait_for_no_monitor_connections()
+
+
+@pytest.fixture
+def delayed_twin(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """A second standby that connects under the first one's name (as every standby made with
+    ``pg_basebackup -R`` connects as ``walreceiver``) and holds each transaction back for an hour: it
+    receives WAL at once but replays no commit."""
+    yield from running_standby(postgres_server, "tierwatch-pg-twin-", {"recovery_min_apply_delay": "'1h'"})
+
+
+def commit(server: PostgresServer) -> str:
+    """A committed transaction on the primary, and the WAL position right after it."""
+    with server.connect() as admin:
+        admin.execute("SET synchronous_commit = on")  # written before the standbys are asked about it
+        admin.execute("CREATE TABLE IF NOT EXISTS replicated (id int)")
+        admin.execute("INSERT INTO replicated VALUES (1)")
+        [(lsn,)] = admin.execute("SELECT pg_current_wal_lsn()::text").fetchall()
+    return str(lsn)
+
+
+def wait_for_replayed(server: PostgresServer, lsn: str, count: int, timeout: float = 10.0) -> None:
+    """Waits until the primary sees exactly ``count`` of the replicas named REPLICA past ``lsn``."""
+    query = (
+        "SELECT count(*) FILTER (WHERE replay_lsn >= %s::pg_lsn) FROM pg_stat_replication "
+        "WHERE application_name = %s"
+    )
+    deadline = time.monotonic() + timeout
+    with server.connect() as admin:
+        while admin.execute(query, [lsn, REPLICA]).fetchone() != (count,):
+            assert time.monotonic() < deadline, f"never {count} replicas past {lsn}"
+            time.sleep(0.05)
+
+
+def test_replicas_sharing_a_name_show_the_worst_lag(
+    postgres_server: PostgresServer, standby: PostgresServer, delayed_twin: PostgresServer
+) -> None:
+    """Each of the two lags in turn while the other has caught up, so that whichever of them comes
+    first in pg_stat_replication, one of the two cycles has the lagging row before the caught-up one."""
+    primary = collector_of(postgres_server)
+    try:
+        wait_for_replayed(postgres_server, commit(postgres_server), 1)  # the first standby only
+        twin_behind = primary.collect()
+
+        with delayed_twin.connect() as twin_admin:
+            twin_admin.execute("ALTER SYSTEM SET recovery_min_apply_delay = 0")
+            twin_admin.execute("SELECT pg_reload_conf()")
+        wait_for_replayed(postgres_server, commit(postgres_server), 2)
+        with standby.connect() as standby_admin:
+            standby_admin.execute("SELECT pg_wal_replay_pause()")
+            try:
+                wait_for_replayed(postgres_server, commit(postgres_server), 1)  # the twin only
+                first_behind = primary.collect()
+            finally:
+                standby_admin.execute("SELECT pg_wal_replay_resume()")
+    finally:
+        primary.close()
+        postgres_server.wait_for_no_monitor_connections()
+    for sample in (twin_behind, first_behind):
+        assert sample.get("postgres_replicas") == 2  # both counted, though under one name
+        assert sample.get("postgres_replica_replay_lag_bytes", REPLICA) > 0
+
+
+def test_a_standby_that_replayed_nothing_since_it_started_reports_its_delay(
+    postgres_server: PostgresServer, delayed_twin: PostgresServer
+) -> None:
+    """No transaction replayed since the start leaves no replay timestamp; WAL waiting to be replayed
+    must still show as a delay, at least as long as the standby has been up."""
+    state = (
+        "SELECT pg_last_xact_replay_timestamp() IS NULL, "
+        "pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), "
+        "extract(epoch FROM now() - pg_postmaster_start_time())::float8"
+    )
+    collector = collector_of(delayed_twin)
+    try:
+        commit(postgres_server)
+        with delayed_twin.connect() as twin_admin:
+            deadline = time.monotonic() + 10
+            while twin_admin.execute(state).fetchone()[:2] != (True, True):
+                assert time.monotonic() < deadline, "the twin never received the transaction"
+                time.sleep(0.05)
+            sample = collector.collect()
+            [(_, _, uptime)] = twin_admin.execute(state).fetchall()
+    finally:
+        collector.close()
+    assert sample.get("postgres_in_recovery") == 1
+    delay = sample.get("postgres_replay_delay_seconds")
+    assert delay is not None
+    assert 0 < delay <= uptime < delay + 2  # the time since the start, not the hour it holds back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from functools import partial
@@ -63,6 +64,7 @@ def connector(
         # Sent data the peer does not acknowledge (a partition) fails the call instead of hanging it.
         tcp_user_timeout=str(max(1, round(timeout * 1000))),
     )
+    settings.update(keepalives(params, timeout))
     if password is not None:
         settings["password"] = password
     if admin_console:
@@ -71,6 +73,23 @@ def connector(
     limits = f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}"
     settings["options"] = f"{params['options']} {limits}" if params.get("options") else limits
     return partial(psycopg.connect, autocommit=True, prepare_threshold=0, **settings)
+
+
+def keepalives(params: Mapping[str, str], timeout: float) -> dict[str, str]:
+    """libpq keepalive settings the DSN leaves unset.
+
+    ``tcp_user_timeout`` only bounds data the peer has not acknowledged: a partition that starts after
+    the server acknowledged the query leaves the socket silent, and without probes of our own the
+    call would wait for the kernel's two-hour keepalive while holding the session. Probing after
+    ``timeout`` idle seconds, once a second, three times, ends it within a few seconds more.
+    """
+    wanted = {
+        "keepalives": "1",
+        "keepalives_idle": str(max(1, math.ceil(timeout))),
+        "keepalives_interval": "1",
+        "keepalives_count": "3",
+    }
+    return {key: value for key, value in wanted.items() if not params.get(key)}
 
 
 def entry_connector(

@@ -22,7 +22,24 @@ from collectors.base import CollectorError, Reason, as_finite
 
 QUERY_TEXT_LENGTH = 200
 HIDDEN, UNNAMED = "unknown", "unnamed"
-STRING_LITERAL = re.compile(r"'(?:[^']|'')*(?:'|$)")  # also one cut off at the end
+# Scanned left to right, so that a quote inside an identifier or a comment opens no literal and a
+# literal's own quotes and backslashes close none early. Each form may be cut off by the end of the text
+# (pg_stat_statements text is read up to 1000 characters). Plain '...' literals follow
+# standard_conforming_strings = on, the default since PostgreSQL 9.1.
+SQL_TOKEN = re.compile(
+    r"""
+      (?P<kept> "(?:[^"]|"")*(?:"|\Z)            # quoted identifier
+              | --[^\n]*                          # line comment
+              | /\*.*?(?:\*/|\Z) )               # block comment
+    | (?<![\w$])[Ee]'(?:[^'\\]|\\(?:.|\Z)|'')*(?:'|\Z)  # E'...': a backslash escapes the next character
+    | (?<![\w$])\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z)  # $$...$$, $tag$...$tag$
+    | '(?:[^']|'')*(?:'|\Z)                        # '...', also U&'...', B'...', X'...'
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+# Whatever follows PASSWORD is dropped, whatever form its value takes: a literal form the scan above
+# misses must still not carry a password into alert evidence.
+PASSWORD_KEYWORD = re.compile(r"\bpassword\b", re.IGNORECASE)
 
 LIMITS_SQL = """
 SELECT current_setting('max_connections')::int,
@@ -43,12 +60,18 @@ WHERE state = 'active'
 GROUP BY wait_event_type
 """
 
-# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction. A
-# primary has a row per replica (application_name), each with its lag in seconds and in bytes.
+# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction. One
+# that has replayed no transaction since it started has no such age (NULL) even with WAL waiting; its
+# last replayed transaction is then older than its start, so the time since the start is a lower bound
+# of the delay, which beats no value at all for a standby stuck since a restart. A primary has a row
+# per replica (application_name), each with its lag in seconds and in bytes.
 REPLICATION_SQL = """
 SELECT 'standby', NULL,
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END
+       CASE WHEN wal.received = wal.replayed THEN 0
+            ELSE extract(epoch FROM now() - coalesce(
+                pg_last_xact_replay_timestamp(),
+                CASE WHEN wal.received > wal.replayed THEN pg_postmaster_start_time() END))::float8 END
+FROM (SELECT pg_last_wal_receive_lsn() AS received, pg_last_wal_replay_lsn() AS replayed) AS wal
 WHERE pg_is_in_recovery()
 UNION ALL
 SELECT lag.kind, coalesce(application_name, ''), lag.value
@@ -125,11 +148,12 @@ WHERE d.datname IS NOT NULL
 DATABASE_COUNTERS = ("commits", "rollbacks", "deadlocks", "temp_bytes", "blocks_hit", "blocks_read")
 DATABASE_SCANS = ("seq_scans", "index_scans")
 
-# The monitor's own statements would top the list on a quiet server.
+# The monitor's own statements would top the list on a quiet server. The role is looked up by its exact
+# name: current_user::regrole would parse it as an identifier and fold "Monitor" to monitor.
 TOP_QUERIES_SQL = """
 SELECT queryid, calls, total_exec_time / 1000, mean_exec_time / 1000, left(query, 1000)
 FROM pg_stat_statements
-WHERE queryid IS NOT NULL AND userid <> current_user::regrole
+WHERE queryid IS NOT NULL AND userid <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
 ORDER BY total_exec_time DESC
 LIMIT %s
 """
@@ -195,7 +219,7 @@ def cycle_statement(share: DatabaseShare = EVERY_DATABASE) -> str:
 class Replication:
     in_recovery: bool
     replay_delay: float | None = None  # on a standby
-    replicas: int = 0  # on a primary, with their lags by application_name where known
+    replicas: int = 0  # on a primary, with the worst lag per application_name where known
     lag_seconds: dict[str, float] = field(default_factory=dict)
     lag_bytes: dict[str, float] = field(default_factory=dict)
 
@@ -297,10 +321,21 @@ def _replication(lags: dict[str, list[tuple[str | None, float | None]]]) -> Repl
         return Replication(True, replay_delay=lags["standby"][0][1])
     return Replication(
         False,
-        replicas=len(lags["replica_seconds"]),
-        lag_seconds={name_label(name): lag for name, lag in lags["replica_seconds"] if lag is not None},
-        lag_bytes={name_label(name): lag for name, lag in lags["replica_bytes"] if lag is not None},
+        replicas=len(lags["replica_seconds"]),  # every standby, however many share a name
+        lag_seconds=worst_per_name(lags["replica_seconds"]),
+        lag_bytes=worst_per_name(lags["replica_bytes"]),
     )
+
+
+def worst_per_name(rows: list[tuple[str | None, float | None]]) -> dict[str, float]:
+    """The largest known lag per replica name. Standbys cloned with ``pg_basebackup -R`` all connect as
+    ``walreceiver``: one that has caught up must not hide one that lags behind the same name."""
+    worst: dict[str, float] = {}
+    for name, lag in rows:
+        if lag is not None:
+            label = name_label(name)
+            worst[label] = max(lag, worst.get(label, lag))
+    return worst
 
 
 def read_top_queries(connection: psycopg.Connection, limit: int) -> tuple[dict[str, object], ...] | None:
@@ -332,5 +367,13 @@ def shorten(text: str | None) -> str:
     """
     if not text:
         return ""
-    flat = STRING_LITERAL.sub("'…'", " ".join(text.split()))
+    # Masked before the whitespace is joined: a line comment ends at its line break.
+    flat = " ".join(mask_literals(text).split())
     return flat if len(flat) <= QUERY_TEXT_LENGTH else flat[: QUERY_TEXT_LENGTH - 1] + "…"
+
+
+def mask_literals(text: str) -> str:
+    """The text with every string literal replaced by '…' and everything after PASSWORD by …"""
+    if cut := PASSWORD_KEYWORD.search(text):
+        text = text[: cut.end()] + " …"
+    return SQL_TOKEN.sub(lambda token: token["kept"] or "'…'", text)

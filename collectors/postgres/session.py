@@ -32,8 +32,12 @@ CONNECT_FAILURES: tuple[tuple[str, Reason, str], ...] = (
     ("permission denied", Reason.PERMISSION, "permission denied (CONNECT privilege on the database?)"),
     ("timeout expired", Reason.TIMEOUT, "connection timed out"),
     ("timed out", Reason.TIMEOUT, "connection timed out"),
+    # A full server is up and answering: "other", as are the role and database connection limits.
     ("too many connections", Reason.OTHER, "no free connection slot on the server"),
     ("connection slots are reserved", Reason.OTHER, "no free connection slot on the server"),
+    ("too many clients", Reason.OTHER, "no free connection slot on the server (max_connections)"),
+    # PgBouncer's refusal of a console user that it does not list.
+    ("not allowed", Reason.PERMISSION, "the user is in neither admin_users nor stats_users of PgBouncer"),
     ("does not exist", Reason.OTHER, "the database or role does not exist"),
     ("unsupported startup parameter", Reason.OTHER, "the server rejected a connection parameter"),
     ("the database system is", Reason.UNREACHABLE, "the server is starting up or shutting down"),
