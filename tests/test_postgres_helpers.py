@@ -218,6 +218,7 @@ def test_replicas_under_one_name_keep_the_worst_lag() -> None:
     [
         ("FATAL:  sorry, too many clients already", Reason.OTHER, "no free connection slot"),
         ("FATAL:  not allowed", Reason.PERMISSION, "admin_users nor stats_users"),
+        ("FATAL:  no more connections allowed (max_client_conn)", Reason.OTHER, "PgBouncer is full"),
     ],
 )
 def test_refusals_are_named(message: str, reason: Reason, cause: str) -> None:

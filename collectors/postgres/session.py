@@ -36,6 +36,7 @@ CONNECT_FAILURES: tuple[tuple[str, Reason, str], ...] = (
     ("too many connections", Reason.OTHER, "no free connection slot on the server"),
     ("connection slots are reserved", Reason.OTHER, "no free connection slot on the server"),
     ("too many clients", Reason.OTHER, "no free connection slot on the server (max_connections)"),
+    ("no more connections allowed", Reason.OTHER, "PgBouncer is full (max_client_conn)"),
     # PgBouncer's refusal of a console user that it does not list.
     ("not allowed", Reason.PERMISSION, "the user is in neither admin_users nor stats_users of PgBouncer"),
     ("does not exist", Reason.OTHER, "the database or role does not exist"),
