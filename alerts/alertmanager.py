@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 
 from alerts.lifecycle import Alert, AlertKey, State
 from alerts.present import describe_evidence, details_text, rfc3339
-from collectors.urls import basic_auth_request
+from collectors.urls import basic_auth_request, open_request
 
 log = logging.getLogger("tierwatch.alertmanager")
 RESOLVED_RESEND_SECONDS = 15 * 60
@@ -37,7 +36,7 @@ Post = Callable[[str, bytes, float], None]
 
 def post_json(url: str, body: bytes, timeout: float) -> None:
     request = basic_auth_request(url, {"Content-Type": "application/json"}, data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with open_request(request, timeout) as response:
         response.read()
 
 

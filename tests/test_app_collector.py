@@ -26,7 +26,7 @@ from collectors.app.histogram import histogram_quantile
 from collectors.app.process import ProcessUsage
 from collectors.app.scrape import Scraper
 from collectors.base import CollectorError, Reason
-from tests.fixtures.app_server import AppServer, LoadPlan, run_load
+from tests.fixtures.app_server import TRICKLE_INTERVAL, AppServer, LoadPlan, ServiceProxy, run_load
 from tests.support import free_port
 
 REQUESTS, LATENCY = "http_requests_total", "http_request_duration_seconds"
@@ -86,28 +86,80 @@ def test_rate_error_ratio_and_latency_under_load(app_server: AppServer) -> None:
     assert third.get("app_request_latency_p99_seconds") is None
 
 
-def test_an_app_restart_counts_its_new_requests(app_server: AppServer) -> None:
-    collector = scraper(f"{app_server.url}/metrics")
-    run_load(app_server, LoadPlan(total=40, fast_delay=0, slow_delay=0))
-    before_first = time.monotonic()
-    collector.collect()
-    after_first = time.monotonic()
-    app_server.stop()
-    restarted = AppServer(app_server.port)  # counters start from zero again
+@pytest.mark.parametrize(
+    ("start_time", "why"),
+    [(True, "process_start_time_seconds changed"), (False, "a counter went down")],
+)
+def test_an_app_restart_skips_one_cycle(start_time: bool, why: str) -> None:
+    """Counters of two processes cannot be subtracted: the cycle across a restart has no rates, and
+    the next one counts the new process's requests only. Without a start time on the page, the
+    counters going down give the restart away."""
+    app = AppServer(start_time=start_time)
     try:
-        run_load(restarted, LoadPlan(total=20, fast_delay=0, slow_delay=0))
-        before_second = time.monotonic()
-        sample = collector.collect()
-        after_second = time.monotonic()
+        collector = scraper(f"{app.url}/metrics")
+        run_load(app, LoadPlan(total=40, fast_delay=0, slow_delay=0))
+        collector.collect()
     finally:
-        restarted.stop()
+        app.stop()
+    app = AppServer(app.port, start_time=start_time)  # counters start from zero again
+    try:
+        run_load(app, LoadPlan(total=20, fast_delay=0, slow_delay=0))
+        before_across = time.monotonic()
+        across = collector.collect()
+        after_across = time.monotonic()
+        run_load(app, LoadPlan(total=10, fast_delay=0, slow_delay=0))
+        before_next = time.monotonic()
+        sample = collector.collect()
+        after_next = time.monotonic()
+    finally:
+        app.stop()
+    for name in ("app_requests_per_second", "app_request_error_ratio", "app_request_latency_p99_seconds"):
+        assert across.get(name) is None, name
+    assert across.details["instance_changed"] == why
     # The collector reads its clock inside each collect(), so its interval lies between these bounds:
     # exact whatever else the machine is doing.
     rate = sample.get("app_requests_per_second")
     assert rate is not None
-    assert 20 / (after_second - before_first) <= rate <= 20 / (before_second - after_first)
+    assert 10 / (after_next - before_across) <= rate <= 10 / (before_next - after_across)
+    assert "instance_changed" not in sample.details
+    assert sample.get("app_request_error_ratio") == pytest.approx(1 / 10)
 
-    assert sample.get("app_request_error_ratio") == pytest.approx(2 / 20)
+
+def test_replicas_behind_one_url_are_not_subtracted() -> None:
+    """A metrics_url that is a Service: each scrape lands on the other replica. The busier replica has
+    served five times as many requests; counting that as one cycle's increase would report thousands
+    of requests per second."""
+    replicas = [AppServer(), AppServer()]
+    service = ServiceProxy(replicas)
+    try:
+        run_load(replicas[0], LoadPlan(total=250, fast_delay=0, slow_delay=0))
+        run_load(replicas[1], LoadPlan(total=50, fast_delay=0, slow_delay=0))
+        collector = scraper(f"{service.url}/metrics")
+        samples = [collector.collect() for _ in range(4)]
+    finally:
+        service.stop()
+        for replica in replicas:
+            replica.stop()
+    for sample in samples:
+        for name in ("app_requests_per_second", "app_request_error_ratio", "app_request_latency_p50_seconds"):
+            assert sample.get(name) is None, name
+    assert [sample.details.get("instance_changed") for sample in samples] == [
+        None,
+        *["process_start_time_seconds changed"] * 3,
+    ]
+
+
+def test_a_page_that_trickles_in_times_out_within_the_budget(app_server: AppServer) -> None:
+    """Each byte arrives well within the socket timeout, so only a deadline over the whole read stops
+    a page that would take TRICKLE_BYTES x TRICKLE_INTERVAL (5 s) to arrive."""
+    budget = 0.5
+    started = time.monotonic()
+    with pytest.raises(CollectorError) as failure:
+        scraper(f"{app_server.url}/trickle", timeout=budget).collect()
+    elapsed = time.monotonic() - started
+    assert failure.value.reason is Reason.TIMEOUT, failure.value
+    assert "page not complete within 0.5 s" in failure.value.detail
+    assert budget <= elapsed < budget + 2 * TRICKLE_INTERVAL + 0.3
 
 
 def test_error_ratio_is_absent_without_a_status_label(app_server: AppServer) -> None:

@@ -387,7 +387,7 @@ def test_rendered_configs_load_in_the_agent(
         assert (config.host.procfs, config.host.sysfs, config.host.cgroupfs) == (
             Path("/host/proc"),
             Path("/host/sys"),
-            Path("/host/sys/fs/cgroup"),
+            Path("/sys/fs/cgroup"),
         )
         assert (config.postgres, config.pgbouncer, config.redis, config.app) == ((), (), (), ())
         assert not config.kubernetes.enabled

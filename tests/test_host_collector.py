@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import psutil
 import pytest
 
 from collectors.base import CollectorError, Reason
-from collectors.host import HostCollector
+from collectors.host import HostCollector, procfs, within
 from tests.proc_trees import GAP_SECONDS, Snapshots, cycles
 
 
@@ -143,6 +144,31 @@ def test_throttled_container(tmp_path: Path) -> None:
     assert sample.get("host_pressure_stall_avg10_ratio", "cpu", "some") == pytest.approx(0.6)
 
 
+def test_network_devices_are_the_nodes_without_per_pod_interfaces(tmp_path: Path) -> None:
+    """The recorded node has two views of the network: /proc/self/net/dev (and /proc/net, its link),
+    the agent pod's own namespace with an eth0 free of errors, and /proc/1/net/dev, the node's, whose
+    eth0 has errors and drops beside the node's ends of pod interfaces as bridge CNIs, Calico, Cilium,
+    the AWS VPC CNI, GKE and Azure CNI name them."""
+    _, sample = cycles("swapping", tmp_path)
+    for series in (
+        "host_network_receive_errors_total",
+        "host_network_receive_drops_total",
+        "host_network_transmit_errors_total",
+        "host_network_transmit_drops_total",
+    ):
+        assert set(sample.series(series)) == {("eth0",)}, series
+    assert sample.get("host_network_receive_errors_total", "eth0") == 5  # the node's eth0, not the pod's
+
+
+def test_without_sight_of_pid_1_the_agents_own_network_is_read(tmp_path: Path) -> None:
+    # A procfs mounted with hidepid shows an unprivileged agent no PID 1.
+    snapshots = Snapshots("swapping", tmp_path)
+    snapshots.load("t0")
+    shutil.rmtree(snapshots.root / "proc" / "1")
+    sample = snapshots.collector().collect()
+    assert sample.get("host_network_receive_errors_total", "eth0") == 0  # the pod's own eth0
+
+
 def test_malformed_file_is_a_parse_error_naming_it(tmp_path: Path) -> None:
     snapshots = Snapshots("swapping", tmp_path)
     snapshots.load("t0")
@@ -158,10 +184,31 @@ def test_missing_procfs_is_reported(tmp_path: Path) -> None:
         HostCollector("x", tmp_path / "nothing").collect()
 
 
-def test_real_proc() -> None:
+def core_shares(before: procfs.Stat, after: procfs.Stat) -> list[float]:
+    """Each core's busy share between two readings of /proc/stat."""
+    shares = []
+    for name, ticks in after.cores.items():
+        total = ticks.total - before.cores[name].total
+        if total:  # a core with no tick in between has no share, for the collector too
+            shares.append(within(ticks.busy - before.cores[name].busy, total) / total)
+    return shares
+
+
+def test_real_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse_stat = procfs.parse_stat
+    stats: list[procfs.Stat] = []
+
+    def recording(text: str) -> procfs.Stat:
+        stats.append(parse_stat(text))
+        return stats[-1]
+
+    monkeypatch.setattr(procfs, "parse_stat", recording)
     collector = HostCollector("this-host")
     collector.collect()
-    time.sleep(0.3)
+    # Keep one core busy in between, so that the cores differ and the busiest stands out.
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass
     sample = collector.collect()
     assert sample.get("host_cpus") == os.cpu_count()
     assert sample.get("host_memory_total_bytes") == psutil.virtual_memory().total
@@ -169,9 +216,18 @@ def test_real_proc() -> None:
         value = sample.get(name)
         assert value is not None, name
         assert 0.0 <= value <= 1.0
+    # The busiest core is the highest of the per-core shares the collector read; the floor of the
+    # all-CPU share may lift it only by what that line can lead the per-core lines by (a tick or two
+    # per CPU over the two readings), never by more.
     busiest = sample.get("host_cpu_busiest_core_utilization_ratio")
     assert busiest is not None
-    assert busiest >= sample.get("host_cpu_utilization_ratio")  # type: ignore[operator]
+    first, second = stats
+    top = max(core_shares(first, second))
+    core_ticks = sum(ticks.total for ticks in second.cores.values()) - sum(
+        ticks.total for ticks in first.cores.values()
+    )
+    lead = 2 * len(second.cores)
+    assert top - 1e-9 <= busiest <= (top * core_ticks + lead) / (core_ticks - lead)
     has_psi = Path("/proc/pressure/memory").exists()
     assert bool(sample.series("host_pressure_stall_avg10_ratio")) == has_psi
     assert all(not device.startswith(("loop", "ram")) for (device,) in sample.series("host_disk_busy_ratio"))

@@ -128,7 +128,7 @@ def proc_files(n: Numbers) -> dict[str, str]:
         ),
         "proc/vmstat": "\n".join(f"{key} {n(key)}" for key in ("pswpin", "pswpout", "pgmajfault")),
         "proc/diskstats": f"   8       0 sda {disk}\n   7       0 loop0 {disk}",
-        "proc/net/dev": f"Inter-|   Receive\n face |bytes\n  eth0: {net}\n    lo: {net}",
+        "proc/1/net/dev": f"Inter-|   Receive\n face |bytes\n  eth0: {net}\n    lo: {net}",
         "proc/self/cgroup": "0::/pod",
         "cgroup/pod/cpu.stat": "\n".join(
             f"{key} {n(key)}" for key in ("usage_usec", "nr_periods", "nr_throttled", "throttled_usec")

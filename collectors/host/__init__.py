@@ -20,8 +20,24 @@ Clock = Callable[[], float]
 PSI_RESOURCES = ("cpu", "memory", "io")
 # Devices that are not physical storage or would double count it.
 SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram", "fd", "sr")
-# Per-pod virtual interfaces would make the device label unbounded on a busy node.
-SKIPPED_NET_PREFIXES = ("lo", "veth", "cali", "cilium", "lxc", "flannel", "cni", "docker", "br-", "tunl")
+# Per-pod virtual interfaces would make the device label unbounded on a busy node: the node's end of
+# each pod's veth pair as the common CNIs name it (veth: bridge, kindnet, Weave; cali: Calico; lxc:
+# Cilium; eni: AWS VPC CNI; gke: GKE; azv: Azure CNI), plus loopback and per-node bridges and tunnels.
+SKIPPED_NET_PREFIXES = (
+    "lo",
+    "veth",
+    "cali",
+    "cilium",
+    "lxc",
+    "eni",
+    "gke",
+    "azv",
+    "flannel",
+    "cni",
+    "docker",
+    "br-",
+    "tunl",
+)
 
 
 def within(part: float, whole: float) -> float:
@@ -165,7 +181,11 @@ class HostCollector(Collector):
                 out.set("host_disk_average_wait_seconds", wait_ms / 1000 / ios if ios else 0.0, device)
 
     def _network(self, out: SampleBuilder) -> None:
-        text = read_text(self._proc / "net" / "dev")
+        # /proc/net/dev shows the reader's own network namespace: in a pod without hostNetwork, the
+        # pod's eth0. PID 1's is the node's when the procfs is the node's and the pod has hostPID (the
+        # DaemonSet); anywhere else it is the agent's own namespace, as before. A procfs mounted with
+        # hidepid hides PID 1 from an unprivileged agent: its own namespace is then the best there is.
+        text = read_text(self._proc / "1" / "net" / "dev") or read_text(self._proc / "self" / "net" / "dev")
         if text is None:
             return
         for device, counters in procfs.parse_net_dev(text).items():

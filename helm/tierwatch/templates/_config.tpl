@@ -30,10 +30,13 @@ Call with (dict "root" $ "extra" .Values.nodeAgent.config "where" "nodeAgent.con
 {{/*
 Node agent: the host collector only, reading the node's /proc and /sys where the DaemonSet mounts them.
 host.name is not here: it comes from the node name through TIERWATCH_HOST__NAME.
+cgroupfs is the container's own /sys/fs/cgroup, not the node's: with cgroup v2 the container has its
+own cgroup namespace, so /proc/self/cgroup names its cgroup as "/", which is the root of the
+container's cgroup mount but would be the node's root cgroup under /host/sys/fs/cgroup.
 */}}
 {{- define "tierwatch.nodeConfig" -}}
 {{- $config := include "tierwatch.sharedConfig" (dict "root" . "extra" .Values.nodeAgent.config "where" "nodeAgent.config") | fromYaml }}
-{{- $_ := set $config "host" (dict "enabled" true "procfs" "/host/proc" "sysfs" "/host/sys" "cgroupfs" "/host/sys/fs/cgroup") }}
+{{- $_ := set $config "host" (dict "enabled" true "procfs" "/host/proc" "sysfs" "/host/sys" "cgroupfs" "/sys/fs/cgroup") }}
 {{- toYaml $config }}
 {{- end }}
 
