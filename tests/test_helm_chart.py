@@ -495,6 +495,18 @@ def test_unsafe_or_broken_values_are_refused(
     assert SENTINEL not in result.stderr
 
 
+def test_alertmanager_credentials_never_reach_a_config_map(helm: str, tmp_path: Path) -> None:
+    url = f"http://admin:{SENTINEL}@alertmanager:9093"
+    for values in (
+        {"config": {"alertmanager": {"urls": [url]}}},
+        {"nodeAgent": {"config": {"alertmanager": {"urls": [url]}}}},
+    ):
+        result = run_helm(helm, "template", "tw", str(CHART), "--values", write_values(tmp_path, values))
+        assert result.returncode != 0
+        assert "alertmanager.urls: a URL holds a password" in result.stderr
+        assert SENTINEL not in result.stdout + result.stderr
+
+
 def test_prometheus_rules_carry_the_configured_overrides(helm: str, tmp_path: Path) -> None:
     overrides = {"CacheIneffective": {"enabled": False}, "DatabaseBound": {"cpu_load_per_vcpu": 0.5}}
     values = write_values(tmp_path, {"prometheusRule": {"enabled": True}, "config": {"rules": overrides}})

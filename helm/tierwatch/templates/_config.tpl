@@ -23,6 +23,11 @@ Call with (dict "root" $ "extra" .Values.nodeAgent.config "where" "nodeAgent.con
 {{- fail (printf "%s.%s: not allowed here; the chart sets %s (targets go under clusterAgent.*, the port under nodeAgent.port / clusterAgent.port)" $where $key $key) }}
 {{- end }}
 {{- end }}
+{{- range $url := dig "alertmanager" "urls" list $block }}
+{{- if regexMatch `://[^/@\s]*:[^/@\s]*@` (toString $url) }}
+{{- fail (printf "%s.alertmanager.urls: a URL holds a password, which would land in the ConfigMap; the chart keeps no Alertmanager credentials in its Secret, so give a URL without them" $where) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- toYaml (mergeOverwrite (deepCopy (.root.Values.config | default dict)) (deepCopy (.extra | default dict))) }}
 {{- end }}
