@@ -54,6 +54,8 @@ def alert_json(alert: Alert, runbook_base_url: str) -> dict[str, Any]:
         "target": verdict.target,
         "collector": verdict.collector,
         "active_since": rfc3339(alert.active_since),
+        # Alertmanager's startsAt; null while pending.
+        "fired_at": rfc3339(alert.fired_at) if alert.fired_at is not None else None,
         "summary": verdict.summary,
         "evidence": evidence_of(verdict),
         "details": dict(verdict.details),

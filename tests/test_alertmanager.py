@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +393,7 @@ def test_reload_neither_resets_nor_re_raises_a_firing_alert(
         assert alertmanager.webhook.statuses("MemorySwapping") == ["firing"]
         (held,) = alertmanager.alerts()
         assert held["startsAt"] == held_before["startsAt"]
+        assert datetime.fromisoformat(held["startsAt"]) == datetime.fromisoformat(before["fired_at"])
         assert sent_total(agent, alertmanager) > sent_before  # counted on from before the reload
         # A reload that disables the rule resolves the alert at once, and the resolution is delivered.
         rules = {**config["rules"], "MemorySwapping": {"enabled": False}}

@@ -496,7 +496,7 @@ def test_alertmanager_down_and_back(stack: Stack) -> None:
     assert back <= arrived <= back + REDELIVERY_BOUND
     for key, alert in before.items():
         assert after[key]["active_since"] == alert["active_since"]
-        assert delivered[key] == datetime.fromisoformat(alert["active_since"])
+        assert delivered[key] == datetime.fromisoformat(alert["fired_at"])  # startsAt: when it fired
     assert not [key for key in stack.resolutions(mark) if key in before]
     requests, percentile, slowest = check_latency(probe, caused, ended)
     fewest = check_others_kept_their_cycle(probe, caused, ended, None)
