@@ -61,6 +61,7 @@ _DB_LOAD = latest_sum("db_load_sessions", "postgres", "postgres_load_average_act
 _DB_VCPUS = latest("db_vcpus", "postgres", "postgres_host_vcpus", C)
 DATABASE = (
     latest("db_cpu_load_per_vcpu", "postgres", "postgres_load_on_cpu_per_vcpu", R),
+    latest("db_host_cpu_ratio", "postgres", "postgres_host_cpu_utilization_ratio", R),
     _DB_LOAD,
     _DB_VCPUS,
     quotient("db_load_per_vcpu", R, _DB_LOAD, _DB_VCPUS),

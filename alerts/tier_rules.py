@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alerts.conditions import Compare, NotTrue, all_of, any_of
+from alerts.conditions import Compare, NotTrue, WhenPresent, all_of, any_of
 from alerts.rules import Rule, Severity, thresholds
 
 # A shared resource every app replica leans on is saturated. Which one held is in the verdict's
@@ -34,15 +34,20 @@ DATABASE_RULES = (
         severity=Severity.CRITICAL,
         when={
             "postgres": all_of(
-                Compare("db_cpu_load_per_vcpu", ">=", "cpu_load_per_vcpu"),
+                any_of(
+                    Compare("db_cpu_load_per_vcpu", ">=", "cpu_load_per_vcpu"),
+                    # Known only for a server on the agent's own host; elsewhere the load decides.
+                    WhenPresent(Compare("db_host_cpu_ratio", ">=", "host_cpu_ratio")),
+                ),
                 NotTrue(Compare("app_tier_cpu_max_ratio", ">=", "app_cpu_ratio")),
             )
         },
-        thresholds=thresholds(cpu_load_per_vcpu=0.9, app_cpu_ratio=0.85),
+        thresholds=thresholds(cpu_load_per_vcpu=0.9, host_cpu_ratio=0.9, app_cpu_ratio=0.85),
         for_seconds=30,
         keep_firing_seconds=60,
         summary="{target} is CPU-bound: sessions on CPU are {db_cpu_load_per_vcpu} of its {db_vcpus} vCPUs "
-        "(total load {db_load_per_vcpu}); app tier CPU {app_tier_cpu_max_ratio}",
+        "(total load {db_load_per_vcpu}, host CPU {db_host_cpu_ratio}); "
+        "app tier CPU {app_tier_cpu_max_ratio}",
         remediation=(
             "The database's CPUs are the bottleneck, so more app servers will not help: each one adds "
             "queries to the same saturated CPUs. Start with the top queries by total time "

@@ -11,7 +11,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -183,3 +184,16 @@ class AgentProcess:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.stop()
+
+
+@contextmanager
+def every_core_busy(seconds: float) -> Iterator[None]:
+    """A busy-looping process per core of this machine, none of them a server's, for at most ``seconds``."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+    burners = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()

@@ -29,6 +29,7 @@ from tests.fixtures.postgres_server import (
     UNPRIVILEGED_ROLE,
     PostgresServer,
 )
+from tests.support import every_core_busy
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
 MakeCollector = Callable[..., PostgresCollector]
@@ -235,6 +236,32 @@ def test_cpu_heavy_queries_raise_the_on_cpu_load(
     assert 1 < on_cpu <= sessions
     assert sample.get("postgres_host_vcpus") == os.cpu_count()  # the DSN points at this host
     assert sample.get("postgres_load_on_cpu_per_vcpu") == pytest.approx(on_cpu / os.cpu_count())
+
+
+def test_a_local_servers_host_cpu_counts_every_process(
+    make: MakeCollector, postgres_server: PostgresServer
+) -> None:
+    collector = make()
+    with every_core_busy(10):
+        time.sleep(0.3)
+        collector.collect()
+        time.sleep(1.5)
+        sample = collector.collect()
+    assert sample.get("postgres_host_cpu_utilization_ratio") >= 0.9  # none of it PostgreSQL's
+    assert sample.get("postgres_load_on_cpu_per_vcpu") < 0.5
+    # A configured vcpus says the server is elsewhere (a tunnel, say): this host's CPU is not its.
+    entry = {
+        "name": "main",
+        "dsn": postgres_server.dsn(),
+        "password": postgres_server.passwords[MONITOR_ROLE],
+    }
+    config = validate_config({"interval": 2, "postgres": [{**entry, "vcpus": 8}]})
+    remote = build(config, config.postgres[0])
+    try:
+        for _ in range(2):
+            assert remote.collect().get("postgres_host_cpu_utilization_ratio") is None
+    finally:
+        remote.close()
 
 
 def test_database_counters(make: MakeCollector, postgres_server: PostgresServer, stats_database: str) -> None:

@@ -323,7 +323,8 @@ def test_figures_of_quotients_and_maxima_are_filled_in(tmp_path: Path) -> None:
         }
 
     cpu_bound = (
-        "db is CPU-bound: sessions on CPU are 120% of its 2 vCPUs (total load 270%); app tier CPU unknown"
+        "db is CPU-bound: sessions on CPU are 120% of its 2 vCPUs (total load 270%, host CPU unknown); "
+        "app tier CPU unknown"
     )
     promtool_test(
         tmp_path,

@@ -19,7 +19,7 @@ from tests.fixtures.pgbouncer_server import STATS_USER, PgBouncerServer
 from tests.fixtures.postgres_server import APP_ROLE, MONITOR_ROLE, PostgresServer
 from tests.fixtures.redis_server import RedisServer
 from tests.scenarios import active_alerts, scenario_agent, sessions_running, wait_for_alerts
-from tests.support import value
+from tests.support import every_core_busy, value
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
 BURN_SQL = "SELECT count(*) FROM generate_series(1, 2000000)"
@@ -77,6 +77,20 @@ def test_cpu_heavy_queries_with_an_idle_app_are_database_bound(
     top = alert["details"]["top_queries"]
     assert top
     assert {"queryid", "calls", "total_seconds", "mean_seconds", "query"} <= set(top[0])
+
+
+def test_a_database_host_saturated_by_other_work_is_database_bound(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    # The server is on this machine, so its host's CPU is read: busy with anything, the database waits.
+    postgres = postgres_section(tmp_path, postgres_server)
+    agent = scenario_agent(tmp_path, postgres=postgres, host={"enabled": False})
+    with every_core_busy(30), agent:
+        alerts = wait_for_alerts(agent, {("DatabaseBound", "main")})
+    evidence = alerts["DatabaseBound"]["evidence"]
+    assert evidence["db_host_cpu_ratio"] >= 0.9
+    assert evidence["db_cpu_load_per_vcpu"] < 0.9  # not its own sessions
+    assert "host CPU" in alerts["DatabaseBound"]["summary"]
 
 
 def test_busy_app_with_an_idle_database_is_app_compute_bound(

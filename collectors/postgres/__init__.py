@@ -12,12 +12,15 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
+import psutil
 import psycopg
 
 from agent.config.model import Config, PostgresTarget
 from collectors.base import Collector, Sample, SampleBuilder
 from collectors.deltas import Deltas
+from collectors.host import procfs, read_required
 from collectors.postgres import queries
 from collectors.postgres.bounded import top_n
 from collectors.postgres.dsn import endpoint, entry_connector, is_local, parse_dsn, server
@@ -27,6 +30,7 @@ from collectors.postgres.session import Connect, Session
 
 log = logging.getLogger("tierwatch.postgres")
 Clock = Callable[[], float]
+HostCpu = Callable[[], procfs.CpuTicks]  # the DB host's CPU ticks so far, when it is this machine
 MAIN_STATES = ("active", "idle", "idle_in_transaction", "idle_in_transaction_aborted")
 WAIT_SERIES = {
     "blocked": "postgres_blocked_sessions",
@@ -62,12 +66,14 @@ class PostgresCollector(Collector):
         sample_period: float | None = SAMPLE_PERIOD_SECONDS,
         top_queries_every: float = TOP_QUERIES_EVERY_SECONDS,
         databases: queries.DatabaseShare = queries.EVERY_DATABASE,
+        host_cpu: HostCpu | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
         super().__init__(target)
         self._where = where
         self._vcpus = vcpus
+        self._host_cpu = host_cpu
         self._databases_share = databases
         self._session = Session(connect, where, wait=wait, on_connect=self._on_connect, clock=clock)
         self._sampler = LoadSampler(self._session, sample_period)
@@ -100,6 +106,8 @@ class PostgresCollector(Collector):
         self._deltas.begin(self._clock())
         self._connections(out, activity, limits)
         self._load(out, load)
+        if self._host_cpu is not None:
+            self._host(out, self._host_cpu())
         for key, series in WAIT_SERIES.items():
             # No session in that state: nothing is blocked, nothing is old. A query that began after
             # the statement's now() would have a negative age.
@@ -163,6 +171,14 @@ class PostgresCollector(Collector):
             out.set("postgres_host_vcpus", self._vcpus)
             out.set("postgres_load_on_cpu_per_vcpu", load["cpu"] / self._vcpus)
 
+    def _host(self, out: SampleBuilder, ticks: procfs.CpuTicks) -> None:
+        # The whole host's CPU, PostgreSQL's or not: a DB host busy with something else still leaves
+        # the database short of CPU.
+        busy = self._deltas.delta(("host", "busy"), ticks.busy)
+        total = self._deltas.delta(("host", "total"), ticks.total)
+        if busy is not None and total:
+            out.ratio("postgres_host_cpu_utilization_ratio", min(busy, total), total)
+
     def _databases(self, out: SampleBuilder, databases: list[queries.DatabaseStats]) -> None:
         for db in databases:
             out.set("postgres_commits_total", db.commits, db.name)
@@ -202,6 +218,11 @@ def local_vcpus(params: Mapping[str, str], configured: int | None) -> int | None
     return os.cpu_count() if is_local(params) else None
 
 
+def read_host_cpu() -> procfs.CpuTicks:
+    """This machine's CPU ticks so far, from the procfs psutil reads (the host section's ``procfs``)."""
+    return procfs.parse_stat(read_required(Path(psutil.PROCFS_PATH) / "stat")).overall
+
+
 def database_share(config: Config, entry: PostgresTarget, params: Mapping[str, str]) -> queries.DatabaseShare:
     """What ``entry`` reports of its server's pg_stat_database, given the other targets configured on the
     same server: its own database, and, for the first of them, also every database that none of the
@@ -235,4 +256,6 @@ def build(config: Config, entry: PostgresTarget) -> PostgresCollector:
         # A cycle every second or faster samples the load itself; a thread would only repeat it.
         sample_period=SAMPLE_PERIOD_SECONDS if config.interval > SAMPLE_PERIOD_SECONDS else None,
         databases=database_share(config, entry, params),
+        # As with vcpus: a server on this machine is watched from its host, unless vcpus says otherwise.
+        host_cpu=read_host_cpu if entry.vcpus is None and is_local(params) else None,
     )

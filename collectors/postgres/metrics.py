@@ -44,6 +44,12 @@ POSTGRES_METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("postgres_host_vcpus", G, "vCPUs of the database host: configured, or local."),
     MetricSpec("postgres_load_on_cpu_per_vcpu", G, "On-CPU average active sessions per vCPU."),
+    MetricSpec(
+        "postgres_host_cpu_utilization_ratio",
+        G,
+        "CPU use of the DB host over the cycle, every process counted; only for a server on the "
+        "agent's own host.",
+    ),
     MetricSpec("postgres_load_lock_wait_ratio", G, "Share of the DB load waiting on heavyweight locks."),
     # waits
     MetricSpec("postgres_blocked_sessions", G, "Sessions waiting for a lock another session holds."),
@@ -85,6 +91,7 @@ U, S, E = Column.UTILIZATION, Column.SATURATION, Column.ERRORS
 POSTGRES_READINGS: tuple[Reading, ...] = (
     Reading(U, "connections", "postgres_connections_used_ratio", Unit.RATIO),
     Reading(U, "on-CPU/vCPU", "postgres_load_on_cpu_per_vcpu", Unit.COUNT),
+    Reading(U, "host CPU", "postgres_host_cpu_utilization_ratio", Unit.RATIO),
     Reading(S, "blocked", "postgres_blocked_sessions", Unit.COUNT),
     Reading(S, "lock waits", "postgres_load_lock_wait_ratio", Unit.RATIO),
     Reading(S, "idle in xact", "postgres_longest_idle_in_transaction_seconds", Unit.SECONDS),
