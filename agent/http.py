@@ -15,13 +15,14 @@ from http import HTTPStatus
 from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from agent.exporter import MetricsPage
 from agent.store import Store
 
 log = logging.getLogger("tierwatch.http")
 AlertsProvider = Callable[[], list[dict[str, object]]]
+# The format agent/exporter.py writes. prometheus_client's CONTENT_TYPE_LATEST names whatever format its
+# installed version prefers (1.0.0 since 0.21), which is not what this page is.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # http.client's bounds on a header block (the blank line that ends it counts as one).
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -180,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
         if path == "/metrics":
-            self._send(200, CONTENT_TYPE_LATEST, self.server.page.render())
+            self._send(200, METRICS_CONTENT_TYPE, self.server.page.render())
         elif path == "/healthz":
             self._send(200, "text/plain; charset=utf-8", b"ok\n")
         elif path == "/readyz":

@@ -197,3 +197,13 @@ def every_core_busy(seconds: float) -> Iterator[None]:
         for burner in burners:
             burner.kill()
             burner.wait()
+
+
+def assert_promtool_accepts(page: str) -> None:
+    """``promtool check metrics`` finds nothing to say about the page: no error, no lint warning."""
+    promtool = require_tool("promtool", "/usr/bin/promtool")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=page, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""

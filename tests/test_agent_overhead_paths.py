@@ -153,6 +153,8 @@ def test_head_answers_the_headers_of_get(servers: tuple[int, int]) -> None:
     got, head = (exchange(ours, f"{verb} /metrics HTTP/1.0\r\n\r\n".encode()) for verb in ("GET", "HEAD"))
     assert got.startswith(head)
     assert head.endswith(b"\r\n\r\n")
+    # The format the page is written in, whatever prometheus_client's newest format is.
+    assert b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" in head
     assert b"Content-Length: %d\r\n" % len(got.partition(b"\r\n\r\n")[2]) in head
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from tests.fixtures.pgbouncer_server import MAX_CLIENT_CONN, STATS_USER, PgBouncerServer
 from tests.fixtures.postgres_server import MAX_CONNECTIONS, MONITOR_ROLE, PostgresServer
-from tests.support import REPO, AgentProcess, parse_metrics, require_tool, value
+from tests.support import REPO, AgentProcess, assert_promtool_accepts, parse_metrics, value
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
 HIT_RATIO = "tierwatch_postgres_buffer_cache_hit_ratio"
@@ -36,7 +36,6 @@ def agent_config(tmp_path: Path, postgres: PostgresServer, pgbouncer: PgBouncerS
 def test_agent_exports_both_tiers(
     tmp_path: Path, postgres_server: PostgresServer, pgbouncer_server: PgBouncerServer
 ) -> None:
-    promtool = require_tool("promtool", "/usr/bin/promtool")
     with AgentProcess(tmp_path, agent_config(tmp_path, postgres_server, pgbouncer_server)) as agent:
         # ratios over a cycle need two cycles
         agent.wait_for(
@@ -54,10 +53,7 @@ def test_agent_exports_both_tiers(
         value(series, "tierwatch_postgres_load_average_active_sessions", target="main", wait_class="cpu") == 0
     )
     assert value(series, "tierwatch_pgbouncer_max_client_connections", target="pool") == MAX_CLIENT_CONN
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert_promtool_accepts(text)
     assert f"127.0.0.1:{postgres_server.port}/postgres as {MONITOR_ROLE}" in log
     for secret in (postgres_server.passwords[MONITOR_ROLE], pgbouncer_server.passwords[STATS_USER]):
         assert secret not in text

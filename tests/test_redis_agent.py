@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.fixtures.redis_server import RedisServers
-from tests.support import AgentProcess, value
+from tests.support import AgentProcess, assert_promtool_accepts, value
 
 WRONG_PASSWORD = "wrong-agent-pass-3d1a"
 
@@ -57,6 +57,13 @@ def test_agent_recovers_when_the_server_comes_back(redis_servers: RedisServers, 
             return value(agent.metrics(), "tierwatch_collector_up", **labels)
 
         agent.wait_for(lambda: up() == 1, "first successful cycle")
+        # Redis 7 reports latency percentiles of the agent's own commands: the page must still lint clean.
+        latency = {"target": "cache", "command": "info", "percentile": "99"}
+        agent.wait_for(
+            lambda: value(agent.metrics(), "tierwatch_redis_command_latency_seconds", **latency) is not None,
+            "latency percentiles",
+        )
+        assert_promtool_accepts(agent.metrics_text())
         metrics = agent.metrics()
         assert value(metrics, "tierwatch_redis_connected_clients", target="cache") == 1
         assert value(metrics, "tierwatch_redis_memory_max_bytes", target="cache") == 0

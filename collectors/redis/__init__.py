@@ -213,8 +213,8 @@ class RedisCollector(Collector):
         if not self._unavailable(slowlog, "SLOWLOG GET", "slow-log entries are left out of the evidence"):
             out.detail("slowlog", slowlog_entries(slowlog))
         commands = busiest_commands(info, LATENCY_COMMANDS)
-        for (command, quantile), seconds in command_latencies(info, commands).items():
-            out.set("redis_command_latency_seconds", seconds, command, quantile)
+        for (command, percentile), seconds in command_latencies(info, commands).items():
+            out.set("redis_command_latency_seconds", seconds, command, percentile)
 
     def _replication(self, out: SampleBuilder, info: Info) -> None:
         role = info.text("role")

@@ -107,7 +107,8 @@ def busiest_commands(info: Info, limit: int) -> list[str]:
 
 
 def command_latencies(info: Info, commands: Sequence[str]) -> dict[tuple[str, str], float]:
-    """``{(command, quantile): seconds}`` from INFO latencystats, for those of ``commands`` it lists."""
+    """``{(command, percentile): seconds}`` from INFO latencystats ("p99.9" as "99.9"), for those of
+    ``commands`` it lists."""
     percentiles = info.with_prefix(LATENCY_SECTION, LATENCY_PREFIX)
     latencies: dict[tuple[str, str], float] = {}
     for command in commands:
@@ -117,8 +118,8 @@ def command_latencies(info: Info, commands: Sequence[str]) -> dict[tuple[str, st
         for name, usec in parse_pairs(raw, LATENCY_PREFIX + command).items():
             if not name.startswith("p"):
                 raise _parse_error(f"latencystats of {command}: {name!r} is not a percentile")
-            quantile = _number(name[1:], f"latencystats of {command}") / 100
-            latencies[(command, f"{quantile:.6g}")] = _number(usec, f"latencystats of {command}") / 1e6
+            percentile = _number(name[1:], f"latencystats of {command}")
+            latencies[(command, f"{percentile:g}")] = _number(usec, f"latencystats of {command}") / 1e6
     return latencies
 
 

@@ -36,8 +36,9 @@ REDIS_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "redis_command_latency_seconds",
         G,
-        "Latency percentiles since start of the most called commands (INFO latencystats).",
-        ("command", "quantile"),
+        "Latency percentiles since start of the most called commands (INFO latencystats); the percentile "
+        "label is Redis's own (50, 99, 99.9), not 'quantile', which Prometheus keeps for summaries.",
+        ("command", "percentile"),
     ),
     MetricSpec("redis_replication_is_master", G, "1 if the server is a master, 0 if a replica."),
     MetricSpec("redis_connected_replicas", G, "Replicas connected to this server."),
