@@ -13,7 +13,7 @@ from agent.alerting import configured_rules
 from agent.config import Config
 from agent.scheduler import CollectorRunner
 from agent.store import Store
-from agent.wiring import build_collectors, register_secrets
+from agent.wiring import build_collectors, register_secrets, use_procfs
 from alerts.classifier import classify
 from alerts.present import verdict_json
 from alerts.table import SIGNALS
@@ -46,6 +46,7 @@ def collect_report(config: Config, duration: float) -> dict[str, Any]:
     collectors = build_collectors(config)
     store = Store(window_seconds=config.window)
     runners = [CollectorRunner(collector, store, config.cycle_timeout) for collector in collectors]
+    use_procfs(config)
     try:
         _run_cycles(runners, duration, config.cycle_timeout)
     finally:

@@ -16,7 +16,7 @@ from agent.exporter import MetricsPage
 from agent.http import AgentServer
 from agent.scheduler import CollectorRunner, Scheduler
 from agent.store import Store
-from agent.wiring import build_collectors, register_secrets
+from agent.wiring import build_collectors, register_secrets, use_procfs
 from alerts.alertmanager import AlertmanagerSender
 from alerts.present import alert_json
 
@@ -83,6 +83,7 @@ class Pipeline:
             log.info("collector %s: monitoring %s", collector, description)
         if not self.descriptions:
             log.warning("no collector is configured: nothing is monitored, and /readyz answers 503")
+        use_procfs(self.config)
         if self.sender is not None:
             log.info("sending alerts to %s", ", ".join(self.config.alertmanager.urls))
             self.sender.start()

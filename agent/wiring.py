@@ -56,10 +56,14 @@ def build_collectors(config: Config) -> list[Collector]:
     return list(_collectors(config))
 
 
+def use_procfs(config: Config) -> None:
+    """Points psutil, which reads one procfs for the whole process, at the configuration's (the agent
+    has one host). Called when a configuration starts collecting, never while one is only built: a
+    reload that fails after building must leave the running configuration its own procfs."""
+    psutil.PROCFS_PATH = str(config.host.procfs)
+
+
 def _collectors(config: Config) -> Iterator[Collector]:
-    if config.host.procfs.as_posix() != "/proc":
-        # psutil reads one procfs for the whole process; the agent has one host, so one path.
-        psutil.PROCFS_PATH = str(config.host.procfs)
     if config.host.enabled:
         from collectors.host import HostCollector
 

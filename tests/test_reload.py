@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
+import pytest
 import yaml
 
+from agent.config.loader import validate_config
+from agent.run import Pipeline
 from tests.fixtures.redis_server import RedisServer
 from tests.scenarios import quiet_host
 from tests.support import AgentProcess, free_port, value
@@ -84,3 +88,16 @@ def unreachable(agent: AgentProcess) -> float | None:
         target="sessions",
         reason="unreachable",
     )
+
+
+def test_a_configuration_only_built_leaves_psutils_procfs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a reload that fails after building does: the running configuration keeps its procfs.
+    monkeypatch.setattr(psutil, "PROCFS_PATH", "/proc")
+    config = validate_config({"interval": 1, "host": quiet_host()})
+    pipeline = Pipeline.build(config)
+    assert psutil.PROCFS_PATH == "/proc"
+    pipeline.start()
+    try:
+        assert quiet_host()["procfs"] == psutil.PROCFS_PATH
+    finally:
+        pipeline.stop()
