@@ -77,4 +77,6 @@ def sessions_running(connect: Any, sql: str, count: int) -> Iterator[None]:
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            # A statement blocked (on a lock the test still holds, say) ends no sooner than its cause:
+            # the load's deadline bounds the wait, and the daemon thread is left to finish after it.
+            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 5)

@@ -69,9 +69,13 @@ def value(series: Series, name: str, **labels: str) -> float | None:
     return series.get((name, frozenset(labels.items())))
 
 
+# The agents and servers under test are on loopback: a proxy in the environment must not answer for them.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with LOCAL.open(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
@@ -116,9 +120,14 @@ class AgentProcess:
 
     def start(self, wait_ready: bool = True) -> AgentProcess:
         self.spawn()
-        self.wait_for(lambda: http_get(f"{self.url}/healthz", 1)[0] == 200, "healthz")
-        if wait_ready:
-            self.wait_for(lambda: http_get(f"{self.url}/readyz", 1)[0] == 200, "readyz")
+        try:
+            self.wait_for(lambda: http_get(f"{self.url}/healthz", 1)[0] == 200, "healthz")
+            if wait_ready:
+                self.wait_for(lambda: http_get(f"{self.url}/readyz", 1)[0] == 200, "readyz")
+        except BaseException:
+            # __exit__ never runs for a failed __enter__: an agent left behind would go on polling.
+            self.stop()
+            raise
         return self
 
     def spawn(self) -> subprocess.Popen[bytes]:

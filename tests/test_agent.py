@@ -103,7 +103,19 @@ def test_version() -> None:
 
 
 def test_listen_address_in_use_exits_2(agent: AgentProcess) -> None:
-    command = [sys.executable, "-m", "agent.cli", "run", "--listen", f"127.0.0.1:{agent.port}"]
+    # A config of its own: without one the agent would probe the machine's PostgreSQL and Redis.
+    config = agent.config_path.parent / "second.yaml"
+    config.write_text("host: {name: node-b}\n")
+    command = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "run",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{agent.port}",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{agent.port}" in result.stderr

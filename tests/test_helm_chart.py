@@ -8,17 +8,20 @@ structural check here. The config files the chart renders are loaded with the ag
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from agent.cli import resolve_config
 from agent.config import Config
 from agent.config.loader import load_config
 from tests.support import DEPLOYED_ENVIRONMENT, REPO, require_tool
@@ -558,8 +561,12 @@ spec:
 
 
 def sidecar_config(container: Manifest) -> Config:
+    """The config as `tierwatch run --config /dev/null` reads it in the container; it must not
+    auto-detect local servers (an empty file is still a file)."""
     assert container["args"][:3] == ["run", "--config", "/dev/null"]
-    return load_config(Path("/dev/null"), environment(container))
+    detect = mock.patch("agent.detect.detect_local", side_effect=AssertionError("auto-detection ran"))
+    with mock.patch.dict(os.environ, environment(container), clear=True), detect:
+        return resolve_config(Path("/dev/null"))
 
 
 @pytest.mark.parametrize("readiness", [False, True])
@@ -591,7 +598,7 @@ def test_sidecar_template_renders_a_working_container(helm: str, tmp_path: Path,
     assert config.interval == 10
     assert config.alertmanager.urls == ("http://am-0:9093", "http://am-1:9093")
     assert config.rules["CPUThrottled"].for_ == 120
-    assert (config.postgres, config.redis) == ((), ()), "an empty config file must not auto-detect"
+    assert (config.postgres, config.redis) == ((), ())
 
 
 def test_sidecar_snippet_in_the_docs_works() -> None:

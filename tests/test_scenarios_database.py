@@ -158,8 +158,10 @@ def test_lock_held_over_waiting_sessions_is_lock_contention(
             lambda: postgres_server.connect(APP_ROLE), "SELECT count(*) FROM scenario_locked", 3
         )
         with waiters, scenario_agent(tmp_path, postgres=postgres_section(tmp_path, postgres_server)) as agent:
-            alerts = wait_for_alerts(agent, {("LockContention", "main")})
-            holder.rollback()  # releases the waiters so the load stops
+            try:
+                alerts = wait_for_alerts(agent, {("LockContention", "main")})
+            finally:
+                holder.rollback()  # releases the waiters so the load stops, found or not
     evidence = alerts["LockContention"]["evidence"]
     assert evidence["db_blocked_sessions"] == 3
     assert evidence["db_lock_load_share"] >= 0.5
