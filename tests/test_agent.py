@@ -104,21 +104,12 @@ def test_version() -> None:
 
 def test_listen_address_in_use_exits_2(agent: AgentProcess) -> None:
     # A config of its own: without one the agent would probe the machine's PostgreSQL and Redis.
-    config = agent.config_path.parent / "second.yaml"
-    config.write_text("host: {name: node-b}\n")
-    command = [
-        sys.executable,
-        "-m",
-        "agent.cli",
-        "run",
-        "--config",
-        str(config),
-        "--listen",
-        f"127.0.0.1:{agent.port}",
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{agent.port}" in result.stderr
+    workdir = agent.config_path.parent / "second"
+    workdir.mkdir()
+    second = AgentProcess(workdir, {"host": {"name": "node-b"}})
+    second.port = agent.port
+    assert second.spawn().wait(timeout=30) == 2
+    assert f"cannot listen on 127.0.0.1:{agent.port}" in second.log()
 
 
 def test_kept_alive_scrapes_do_not_stall(agent: AgentProcess) -> None:
