@@ -11,7 +11,7 @@ the default 5 s interval; after one cycle to warm up, it watches --cycles cycles
 - the wall time of each cycle, from the first target's start to the last target's end. A target's
   last-success timestamp is stamped when its sample is built, at the end of its cycle, so a cycle
   spans from min(last_success - duration) to max(last_success) over its targets;
-- the agent's CPU (utime + stime of every thread) per cycle, and per target per cycle, including the
+- the agent's CPU (its process CPU clock, every thread) per cycle, and per target per cycle, including the
   benchmark's own scrapes of /metrics (every 0.5 s);
 - the series on /metrics at the end: what a Prometheus stores for the step. PostgreSQL targets of one
   server share its per-database series out (each database once), so they do not grow as targets x
@@ -19,7 +19,7 @@ the default 5 s interval; after one cycle to warm up, it watches --cycles cycles
 
 Target (issue 9): the cost grows about linearly with the number of targets (the CPU each added target
 costs stays within a factor of 2 from one step to the next), and a cycle of 50 targets finishes within
-the 5 s interval (targets are collected concurrently, bounded by the scheduler's pool). Prints the table
+the 5 s interval (targets are collected concurrently, each on a thread of its own). Prints the table
 and PASS/FAIL, exits 0 either way; 2 when something could not run, 130 on Ctrl-C.
 """
 

@@ -95,7 +95,7 @@ class Reading:
     series: int  # tier and self series: what grows if labels leak
     new_series: int  # of those, label sets no earlier read had shown
     alert_series: int  # tierwatch_alert and tierwatch_signal_value: alert state, which may change
-    cpu: float  # the agent's utime + stime so far, seconds
+    cpu: float  # the agent's process CPU clock so far, seconds
     up: int
     targets: int
 
