@@ -284,6 +284,31 @@ def test_metrics_of_one_name_are_told_apart_by_what_they_select(
     assert (targets[("worker", f"{label}#2")], currents[("worker", f"{label}#2")]) == (1000, 10)
 
 
+def test_an_object_metric_averaged_per_pod_finds_its_current_value(
+    tmp_path: Path, kube_api: KubeApiServer
+) -> None:
+    """For an AverageValue target the HPA controller leaves the described object out of the status
+    (its kind and name empty): the current value is still this metric's."""
+    (worker,) = [
+        h for h in kube_api.lists["horizontalpodautoscalers"]["items"] if h["metadata"]["name"] == "worker"
+    ]
+    metric = {"name": "requests_per_second"}
+    ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "main"}
+    target = {"type": "AverageValue", "averageValue": "100"}
+    worker["spec"]["metrics"] = [
+        {"type": "Object", "object": {"metric": metric, "describedObject": ingress, "target": target}}
+    ]
+    empty = {"kind": "", "name": ""}
+    current = {"averageValue": "150"}
+    worker["status"]["currentMetrics"] = [
+        {"type": "Object", "object": {"metric": metric, "describedObject": empty, "current": current}}
+    ]
+    sample = kube_collector(tmp_path, kube_api).collect()
+    label = ("worker", "object/requests_per_second")
+    assert sample.series("kubernetes_hpa_metric_current_value")[label] == 150
+    assert sample.get("kubernetes_hpa_usage_to_target_ratio", "worker") == 1.5
+
+
 def test_malformed_objects_are_parse_errors(tmp_path: Path, kube_api: KubeApiServer) -> None:
     kube_api.lists["horizontalpodautoscalers"]["items"][2]["spec"]["maxReplicas"] = "six"
     with pytest.raises(CollectorError) as error:
@@ -293,9 +318,12 @@ def test_malformed_objects_are_parse_errors(tmp_path: Path, kube_api: KubeApiSer
 
 
 def test_unusable_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
-    config = validate_config({"kubernetes": {"enabled": True, "kubeconfig": str(tmp_path / "none")}})
-    with pytest.raises(ConfigError, match="kubernetes: cannot use the kubeconfig"):
-        build(config, config.kubernetes)
+    malformed = tmp_path / "malformed"  # a context that is a number trips the client deep inside
+    malformed.write_text("contexts: [{name: c, context: 7}]\ncurrent-context: c\nusers: []\nclusters: []\n")
+    for kubeconfig in (tmp_path / "none", malformed):
+        config = validate_config({"kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)}})
+        with pytest.raises(ConfigError, match=f"kubernetes: cannot use the kubeconfig {kubeconfig}"):
+            build(config, config.kubernetes)
 
 
 def test_the_agent_does_not_import_kubernetes_unless_enabled() -> None:

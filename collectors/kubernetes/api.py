@@ -42,11 +42,18 @@ def new_api_client(kubeconfig: Path | None) -> ApiClient:
                 config_file=str(kubeconfig), client_configuration=configuration, persist_config=False
             )
     except (kube_config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as error:
-        source = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
-        raise ConfigError(f"kubernetes: cannot use the {source}: {error}") from None
+        raise ConfigError(f"kubernetes: cannot use the {_source(kubeconfig)}: {error}") from None
+    except Exception as error:  # a malformed file trips the client elsewhere (a context that is a number)
+        # Only the kind of error: its text could quote part of the file, a token included.
+        problem = f"malformed ({type(error).__name__})"
+        raise ConfigError(f"kubernetes: cannot use the {_source(kubeconfig)}: {problem}") from None
     # urllib3 retries a GET that timed out three more times by default: four times the time budget.
     configuration.retries = False
     return ApiClient(configuration)
+
+
+def _source(kubeconfig: Path | None) -> str:
+    return f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
 
 
 def _status_message(body: str | None) -> str:

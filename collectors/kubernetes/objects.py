@@ -153,11 +153,12 @@ def _metric_value(values: Any, value_type: str, where: str) -> float | None:
     return quantity(value, f"{where}.{field}")
 
 
-def _source_identity(entry: Any) -> str:
+def _source_identity(entry: Any, *, with_object: bool = True) -> str:
     """What tells an HPA's metrics apart: the whole source but its target or current value. Two
     External metrics of one name that select different queues share a label, not an identity."""
     source = get(entry, METRIC_SOURCES[entry["type"]])
-    named = {key: value for key, value in source.items() if key not in ("target", "current")}
+    left_out = ("target", "current") if with_object else ("target", "current", "describedObject")
+    named = {key: value for key, value in source.items() if key not in left_out}
     return entry["type"] + json.dumps(named, sort_keys=True, default=str)
 
 
@@ -165,7 +166,12 @@ def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ..
     currents = {}
     for entry in current_metrics if isinstance(current_metrics, list) else []:
         if metric_label(entry) is not None:
-            currents[_source_identity(entry)] = get(entry, METRIC_SOURCES[entry["type"]], "current")
+            current = get(entry, METRIC_SOURCES[entry["type"]], "current")
+            currents[_source_identity(entry)] = current
+            # The HPA controller names the described object in the status only for a Value target; for
+            # an AverageValue one it leaves it empty, so such an entry is found without it.
+            if not any((get(entry, METRIC_SOURCES[entry["type"]], "describedObject") or {}).values()):
+                currents.setdefault(_source_identity(entry, with_object=False), current)
     metrics: list[HpaMetric] = []
     seen: Counter[str] = Counter()
     for index, entry in enumerate(spec_metrics if isinstance(spec_metrics, list) else []):
@@ -184,7 +190,10 @@ def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ..
                 target_type,
                 _metric_value(target, target_type, f"{where}.target"),
                 _metric_value(
-                    currents.get(_source_identity(entry)), target_type, f"status.currentMetrics of {label}"
+                    currents.get(_source_identity(entry))
+                    or currents.get(_source_identity(entry, with_object=False)),
+                    target_type,
+                    f"status.currentMetrics of {label}",
                 ),
             )
         )
