@@ -7,25 +7,29 @@ delays come out exact without sleeping.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import pytest
+import redis.exceptions as redis_errors
+from redis.connection import AbstractConnection, Connection
 
 from agent.config.model import Config, RedisTarget, Secret
 from collectors.base import CollectorError, Reason, Sample
 from collectors.redis import RedisCollector, build, open_connection
 from tests.fixtures.redis_server import RedisServer, RedisServers
 from tests.support import free_port
+from tests.test_properties_redis import StandInConnection
 
 ACL_PASSWORD = "acl-pass-7f3e"
 # The line docs/redis.md gives to operators; this test is what proves it is enough.
 LEAST_PRIVILEGE_ACL = (
-    f"user tierwatch on >{ACL_PASSWORD} -@all "
-    "+info +config|get +slowlog|get +slowlog|len +client|list +client|setname"
+    f"user tierwatch on >{ACL_PASSWORD} -@all +info +slowlog|get +slowlog|len +client|list +client|setname"
 )
 BUSY_SCRIPT = "local i = 0 while i < 10000000 do i = i + 1 end return i"
 
@@ -175,7 +179,7 @@ def test_client_blocked_on_blpop(redis_server: RedisServer, make_collector: Make
     assert collector.collect().get("redis_blocked_clients") == 0
 
 
-def test_renamed_config_falls_back_to_info_and_says_so_once(
+def test_renamed_config_is_not_missed_when_info_reports_the_settings(
     redis_servers: RedisServers, make_collector: MakeCollector, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = redis_servers.start(
@@ -188,11 +192,8 @@ def test_renamed_config_falls_back_to_info_and_says_so_once(
         assert sample.get("redis_maxclients") == 50
         assert sample.get("redis_memory_max_bytes") == 3 * 1024 * 1024
         assert sample.details["maxmemory_policy"] == "volatile-lru"
-    messages = [record.getMessage() for record in caplog.records if record.name == "tierwatch.redis"]
-    assert len(messages) == 1
-    assert "CONFIG GET is not available" in messages[0]
-    # The three refused CONFIG GETs of the first cycle are not repeated in the second.
-    assert server.info("stats")["total_error_replies"] == 3
+    assert [record for record in caplog.records if record.name == "tierwatch.redis"] == []
+    assert server.info("stats")["total_error_replies"] == 0  # no CONFIG was even tried
 
 
 def test_commands_sent_are_the_named_ones_only(
@@ -202,7 +203,7 @@ def test_commands_sent_are_the_named_ones_only(
     server = redis_servers.start("slowlog-log-slower-than 0", "slowlog-max-len 1000")
     collector = make_collector(server.url)
     collector.collect()
-    collector.collect()  # this server's INFO reports the three settings: no CONFIG GET after the first
+    collector.collect()  # this server's INFO reports the three settings: no CONFIG GET at all
     with server.client() as admin:
         entries = admin.slowlog_get(1000)
     # redis-py leaves these two fields of the slow log as bytes.
@@ -210,9 +211,6 @@ def test_commands_sent_are_the_named_ones_only(
     assert ours == sorted(
         [
             "CLIENT SETNAME tierwatch",
-            "CONFIG GET maxclients",
-            "CONFIG GET maxmemory",
-            "CONFIG GET maxmemory-policy",
             "INFO all",
             "INFO all",
             "SLOWLOG GET 5",
@@ -315,14 +313,14 @@ def test_least_privilege_acl_user_is_enough(
             samples = [collector.collect(), collector.collect()]
         subscriber.close()
         denied = admin.acl_log()
-        config_calls = admin.info("commandstats")["cmdstat_config|get"]["calls"]
+        commands = admin.info("commandstats")
     for sample in samples:
         assert sample.get("redis_maxclients") == 10000
         assert sample.get("redis_pubsub_clients") == 1
         assert sample.get("redis_slowlog_length") == 0
         assert sample.details["slowlog"] == []
     assert [record for record in caplog.records if record.name == "tierwatch.redis"] == []
-    assert config_calls == 3  # the first cycle's; this server's INFO reports all three settings
+    assert "cmdstat_config|get" not in commands  # this server's INFO reports all three settings
     assert denied == []
 
 
@@ -339,7 +337,7 @@ def test_acl_without_config_or_info(
     with caplog.at_level(logging.INFO, logger="tierwatch.redis"):
         assert without_config.collect().get("redis_maxclients") == 60
         assert without_config.collect().get("redis_maxclients") == 60
-    assert len([record for record in caplog.records if record.name == "tierwatch.redis"]) == 1
+    assert [record for record in caplog.records if record.name == "tierwatch.redis"] == []
     error = failure(make_collector(f"redis://noinfo:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"))
     assert error.reason is Reason.PERMISSION
     assert error.detail.startswith("INFO failed")
@@ -501,3 +499,51 @@ def test_build_uses_one_named_connection(redis_server: RedisServer) -> None:
         collector.close()
     assert names.count("tierwatch") == 1
     assert all(sample.get("redis_connected_clients") >= 1 for sample in samples)
+
+
+class RecordingConnection(StandInConnection):
+    """Answers with prepared replies and keeps every command it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str | int, ...]] = []
+
+    def send_packed_command(self, commands: Sequence[tuple[str | int, ...]]) -> None:
+        self.sent += [tuple(command) for command in commands]
+        super().send_packed_command(commands)
+
+
+def test_a_setting_info_lacks_is_asked_by_name_and_a_refusal_said_once(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis 6.0's INFO has no maxclients: tierwatch asks CONFIG GET for that one setting, from the
+    second cycle on, and gives up for good, saying so once, when CONFIG is refused."""
+    raw = Connection(host="127.0.0.1", port=redis_server.port)
+    try:
+        raw.send_command("INFO", "all")
+        info = raw.read_response()
+    finally:
+        raw.disconnect()
+    assert isinstance(info, bytes)
+    connection = RecordingConnection()
+    connection.replies = {
+        ("INFO", "all"): re.sub(rb"maxclients:\d+\r\n", b"", info),
+        ("SLOWLOG", "LEN"): 0,
+        ("SLOWLOG", "GET", 5): [],
+        ("CONFIG", "GET", "maxclients"): [b"maxclients", b"60"],
+    }
+    collector = RedisCollector(
+        "cache", cast(AbstractConnection, connection), address="stand-in", first_backoff=1.0
+    )
+    config_get = ("CONFIG", "GET", "maxclients")
+    assert collector.collect().get("redis_maxclients") is None  # the first cycle asks INFO only
+    assert config_get not in connection.sent
+    assert collector.collect().get("redis_maxclients") == 60
+    assert connection.sent.count(config_get) == 1
+    connection.replies[config_get] = redis_errors.NoPermissionError("NOPERM this user has no permissions")
+    with caplog.at_level(logging.INFO, logger="tierwatch.redis"):
+        for _ in range(3):
+            assert collector.collect().get("redis_maxclients") is None
+    assert connection.sent.count(config_get) == 2  # refused once, never asked again
+    (said,) = [record.getMessage() for record in caplog.records if record.name == "tierwatch.redis"]
+    assert "CONFIG GET is not available" in said

@@ -3,10 +3,12 @@ persistence and pub/sub.
 
 Each cycle is one round trip on the target's one connection: ``INFO all`` (on Redis 7 it includes
 latencystats, which the default INFO leaves out), ``SLOWLOG LEN``, ``SLOWLOG GET`` and, for those of
-maxclients, maxmemory and maxmemory-policy that the last INFO did not report (Redis before 7 leaves out
-maxclients), ``CONFIG GET`` of each; a wildcard would return passwords. A second round trip,
-``CLIENT LIST`` of pub/sub clients, happens only on Redis older than 7.2 and only while something is
-subscribed.
+maxclients, maxmemory and maxmemory-policy that the last INFO did not report (Redis 6.0 leaves out
+maxclients; 6.2 and later report all three), ``CONFIG GET`` of each, by name: a wildcard would return
+passwords. The first cycle asks INFO only, so a server that reports the three never gets a CONFIG
+command, and its least-privilege user needs no ``config|get``, which would let it read every setting.
+A second round trip, ``CLIENT LIST`` of pub/sub clients, happens only on Redis before 7.4 (which
+added ``pubsub_clients`` to INFO) and only while something is subscribed.
 
 Rates and the hit ratio come from counter deltas keyed by the server's run id, so the first cycle
 after a restart leaves them out instead of mixing two servers' counters.
@@ -91,7 +93,8 @@ class RedisCollector(Collector):
         self._clock = clock
         self._wall_clock = wall_clock
         self._deltas = Deltas()
-        self._config_keys = CONFIG_KEYS  # asked with CONFIG GET: not in INFO, as far as known
+        self._config_keys: tuple[str, ...] = ()  # asked with CONFIG GET: what the last INFO lacked
+        self._config_available = True
         self._reported_unavailable: set[str] = set()
 
     def describe(self) -> str:
@@ -136,11 +139,11 @@ class RedisCollector(Collector):
         }
         for reply in config_replies:
             if self._unavailable(reply, "CONFIG GET", "maxclients and maxmemory are taken from INFO"):
-                self._config_keys = ()
+                self._config_available = False
                 break
             settings.update(_config_pairs(reply))
-        else:
-            self._config_keys = tuple(key for key in self._config_keys if INFO_FIELDS[key] not in info.fields)
+        lacking = tuple(key for key in CONFIG_KEYS if INFO_FIELDS[key] not in info.fields)
+        self._config_keys = lacking if self._config_available else ()
         return settings
 
     def _per_second(
@@ -245,7 +248,7 @@ class RedisCollector(Collector):
         largest_buffer = info.optional("client_recent_max_output_buffer")
         if largest_buffer is not None:
             out.set("redis_client_max_output_buffer_bytes", largest_buffer)
-        clients = info.optional("pubsub_clients")  # Redis 7.2 and later
+        clients = info.optional("pubsub_clients")  # Redis 7.4 and later
         if clients is None and not (channels or patterns or info.optional("pubsubshard_channels")):
             clients = 0  # no channel or pattern has a subscriber, so no client subscribes
         if clients is None:
