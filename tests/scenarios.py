@@ -16,6 +16,7 @@ from tests.support import AgentProcess, http_get
 
 QUIET_HOST = DATA / "no-psi" / "t1"
 LOAD_SECONDS = 25  # every load stops by itself after this, whatever the test does
+BURN_SQL = "SELECT count(*) FROM generate_series(1, 2000000)"  # on CPU for a while, touches no table
 # Scenario tests judge naming, not patience: every rule may fire after 1 s of holding.
 FAST_RULES = {name: {"for": 1} for name in ALERT_NAMES}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from agent.config.loader import validate_config
 from collectors.base import Sample
 from collectors.postgres import PostgresCollector, build
 from tests.fixtures.postgres_server import MONITOR_ROLE, PostgresServer, owned_temp_dir
+from tests.scenarios import scenario_agent, wait_for_alerts
+from tests.support import value
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
 REPLICA = "replica-a"
@@ -37,9 +40,13 @@ def standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
     yield from running_standby(postgres_server, "tierwatch-pg-standby-")
 
 
+def target_of(server: PostgresServer) -> dict[str, str]:
+    """The server as the monitor role's target named "main", in the configuration's terms."""
+    return {"name": "main", "dsn": server.dsn(), "password": server.passwords[MONITOR_ROLE]}
+
+
 def collector_of(server: PostgresServer) -> PostgresCollector:
-    entry = {"name": "main", "dsn": server.dsn(), "password": server.passwords[MONITOR_ROLE]}
-    config = validate_config({"interval": 2, "postgres": [entry]})
+    config = validate_config({"interval": 2, "postgres": [target_of(server)]})
     return build(config, config.postgres[0])
 
 
@@ -94,7 +101,10 @@ def delayed_twin(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
     """A second standby that connects under the first one's name (as every standby made with
     ``pg_basebackup -R`` connects as ``walreceiver``) and holds each transaction back for an hour: it
     receives WAL at once but replays no commit."""
-    yield from running_standby(postgres_server, "tierwatch-pg-twin-", {"recovery_min_apply_delay": "'1h'"})
+    # The primary learns how far a standby replayed from its status reports; every second instead of
+    # the default ten lets the lag in seconds show (and grow) within a short test.
+    settings = {"recovery_min_apply_delay": "'1h'", "wal_receiver_status_interval": "1"}
+    yield from running_standby(postgres_server, "tierwatch-pg-twin-", settings)
 
 
 def commit(server: PostgresServer) -> str:
@@ -175,3 +185,29 @@ def test_a_standby_that_replayed_nothing_since_it_started_reports_its_delay(
     delay = sample.get("postgres_replay_delay_seconds")
     assert delay is not None
     assert 0 < delay <= uptime < delay + 2  # the time since the start, not the hour it holds back
+
+
+# The default 30 s would outlast the test; a lag of a few seconds is as real a lag.
+LAG_RULES = {"ReplicationLagHigh": {"for": 1, "lag_seconds": 2}}
+
+
+@pytest.mark.usefixtures("delayed_twin")
+def test_a_replica_holding_back_a_commit_is_replication_lag_high(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """The twin receives the commit but will not replay it for an hour: the primary's lag in seconds
+    for it grows with each status report, and the agent watching the primary names the lag."""
+    with scenario_agent(tmp_path, LAG_RULES, postgres=[target_of(postgres_server)]) as agent:
+        commit(postgres_server)
+        alerts = wait_for_alerts(agent, {("ReplicationLagHigh", "main")})
+        lag = value(
+            agent.metrics(), "tierwatch_postgres_replica_replay_lag_seconds", target="main", replica=REPLICA
+        )
+    postgres_server.wait_for_no_monitor_connections()
+    alert = alerts["ReplicationLagHigh"]
+    assert alert["severity"] == "warning"
+    assert alert["tier"] == "database"
+    assert alert["evidence"]["db_replication_lag_seconds"] >= 2
+    assert alert["evidence"]["because"] == ["db_replication_lag_seconds"]
+    assert lag is not None
+    assert lag >= alert["evidence"]["db_replication_lag_seconds"]  # still growing: nothing replayed

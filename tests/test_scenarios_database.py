@@ -18,11 +18,10 @@ from tests.fixtures.kube_api import KubeApiServer
 from tests.fixtures.pgbouncer_server import STATS_USER, PgBouncerServer
 from tests.fixtures.postgres_server import APP_ROLE, MONITOR_ROLE, PostgresServer
 from tests.fixtures.redis_server import RedisServer
-from tests.scenarios import active_alerts, scenario_agent, sessions_running, wait_for_alerts
+from tests.scenarios import BURN_SQL, active_alerts, scenario_agent, sessions_running, wait_for_alerts
 from tests.support import every_core_busy, value
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
-BURN_SQL = "SELECT count(*) FROM generate_series(1, 2000000)"
 
 
 def postgres_section(tmp_path: Path, server: PostgresServer) -> list[dict[str, Any]]:
