@@ -8,6 +8,7 @@ their statements with generated rows; the real-server tests cover the values a s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,6 +18,7 @@ import psycopg
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collectors.host.procfs import CpuTicks
 from collectors.pgbouncer import PGBOUNCER_METRICS, REQUIRED, PgBouncerCollector
 from collectors.postgres import PostgresCollector, queries
 from collectors.postgres.metrics import POSTGRES_METRICS
@@ -29,7 +31,9 @@ from tests.test_properties_base import (
     mostly,
 )
 
+TICKS = st.integers(0, 2**64)
 POSTGRES_SHARES = {
+    "postgres_host_cpu_utilization_ratio",
     "postgres_buffer_cache_hit_ratio",
     "postgres_sequential_scan_ratio",
     "postgres_load_lock_wait_ratio",
@@ -212,9 +216,15 @@ def test_every_postgres_ratio_series_is_decided() -> None:
 
 
 @THOROUGH
-@given(cycles=postgres_cycles(), vcpus=st.none() | st.integers(1, 64))
+@given(
+    cycles=postgres_cycles(),
+    vcpus=st.none() | st.integers(1, 64),
+    # The host's /proc/stat as it reads when the server is local: counters that may stall, jump,
+    # or (a non-atomic read) show busy beyond total.
+    host=st.none() | st.lists(st.builds(CpuTicks, busy=TICKS, iowait=TICKS, total=TICKS), min_size=1),
+)
 def test_postgres_cycles_emit_finite_values_and_shares_within_0_and_1(
-    cycles: list[dict[str, list[Row]]], vcpus: int | None
+    cycles: list[dict[str, list[Row]]], vcpus: int | None, host: list[CpuTicks] | None
 ) -> None:
     connection = StandInConnection(cycles[0])
     now = [0.0]
@@ -225,6 +235,7 @@ def test_postgres_cycles_emit_finite_values_and_shares_within_0_and_1(
         vcpus=vcpus,
         wait=1.0,
         sample_period=None,  # no sampler thread: each cycle takes its own load sample
+        host_cpu=None if host is None else itertools.cycle(host).__next__,
         clock=lambda: now[0],
         wall_clock=lambda: 0.0,
     )
