@@ -4,6 +4,10 @@ client headroom, from the admin console (SHOW POOLS, STATS, LISTS, DATABASES, CO
 The console speaks only the simple query protocol and rejects startup options: the held connection
 prepares nothing and carries no server-side timeouts, only the client-side ones. A ``stats_users``
 account is enough. Pools are bounded to the 10 with the most clients; the rest share ("other", "other").
+Databases are bounded too, since with an auto-database (``* =``) every name a client asks for becomes
+one: the 10 with the most transactions in the cycle keep their series, and the rest add up to
+"other" in the rates. Their lifetime totals are left out, not summed: "other" would gain and lose
+members from cycle to cycle, and a sum that goes down reads as a counter reset.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ POOL_SERIES = {
     "pgbouncer_servers_idle": ("sv_idle", "sv_used"),
 }
 Row = dict[str, object]
+# SHOW STATS column -> (its lifetime total's series, its rate's series)
+THROUGHPUT = {
+    "total_xact_count": ("pgbouncer_transactions_total", "pgbouncer_transactions_per_second"),
+    "total_query_count": ("pgbouncer_queries_total", "pgbouncer_queries_per_second"),
+}
 
 
 def number(row: Row, column: str) -> float:
@@ -131,11 +140,12 @@ class PgBouncerCollector(Collector):
         out = self.builder()
         elapsed = self._deltas.begin(self._clock())
         self._pools(out, [row for row in shown["SHOW POOLS"] if row["database"] != CONSOLE_DATABASE])
-        for row in shown["SHOW STATS"]:
-            if row["database"] != CONSOLE_DATABASE:
-                self._throughput(out, str(row["database"]), row, elapsed)
+        stats = {
+            str(row["database"]): row for row in shown["SHOW STATS"] if row["database"] != CONSOLE_DATABASE
+        }
+        kept = self._throughput(out, stats, elapsed)
         for row in shown["SHOW DATABASES"]:
-            if row["name"] != CONSOLE_DATABASE:
+            if row["name"] in kept:  # every database has a SHOW STATS row, used or not
                 out.set("pgbouncer_pool_size", number(row, "pool_size"), str(row["name"]))
         lists = {str(row["list"]): number(row, "items") for row in shown["SHOW LISTS"]}
         config = {str(row["key"]): row["value"] for row in shown["SHOW CONFIG"]}
@@ -174,16 +184,32 @@ class PgBouncerCollector(Collector):
         for pool, wait in fold(waits, kept, OTHER_POOL, max).items():
             out.set("pgbouncer_longest_client_wait_seconds", wait, *pool)
 
-    def _throughput(self, out: SampleBuilder, database: str, row: Row, elapsed: float | None) -> None:
-        for column, total_series, rate_series in (
-            ("total_xact_count", "pgbouncer_transactions_total", "pgbouncer_transactions_per_second"),
-            ("total_query_count", "pgbouncer_queries_total", "pgbouncer_queries_per_second"),
-        ):
-            total = number(row, column)
-            out.set(total_series, total, database)
-            delta = self._deltas.delta((database, column), total)
-            if delta is not None and elapsed:
-                out.set(rate_series, delta / elapsed, database)
+    def _throughput(self, out: SampleBuilder, stats: dict[str, Row], elapsed: float | None) -> set[str]:
+        """Exports the throughput of the busiest databases (and the rates of the rest as "other");
+        returns the databases kept."""
+        totals = {
+            column: {database: number(row, column) for database, row in stats.items()}
+            for column in THROUGHPUT
+        }
+        increases = {
+            column: {
+                database: increase
+                for database, total in totals[column].items()
+                if (increase := self._deltas.delta((database, column), total)) is not None
+            }
+            for column in THROUGHPUT
+        }
+        # Busiest in this cycle; on the first cycle, before any increase is known, over their lifetime.
+        weights = {**totals["total_xact_count"], **increases["total_xact_count"]}
+        kept = largest(weights)
+        for column, (total_series, rate_series) in THROUGHPUT.items():
+            for database in kept:
+                out.set(total_series, totals[column][database], database)
+            if elapsed:
+                rates = {database: increase / elapsed for database, increase in increases[column].items()}
+                for database, rate in fold(rates, kept, OTHER).items():
+                    out.set(rate_series, rate, database)
+        return kept
 
 
 def build(config: Config, entry: PgBouncerTarget) -> PgBouncerCollector:

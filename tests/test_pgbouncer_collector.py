@@ -11,14 +11,16 @@ import pytest
 from agent.config.loader import validate_config
 from collectors.base import CollectorError, Reason
 from collectors.pgbouncer import PgBouncerCollector, build
+from collectors.postgres.bounded import OTHER, TOP_N
 from tests.fixtures.pgbouncer_server import (
     MAX_CLIENT_CONN,
     POOL_DATABASE,
     POOL_SIZE,
     STATS_USER,
     PgBouncerServer,
+    pgbouncer_in_front,
 )
-from tests.fixtures.postgres_server import APP_ROLE
+from tests.fixtures.postgres_server import APP_ROLE, PostgresServer, owned_temp_dir
 
 POOL = (POOL_DATABASE, APP_ROLE)
 MakeCollector = Callable[..., PgBouncerCollector]
@@ -122,3 +124,36 @@ def test_stopped_pgbouncer_is_unreachable_then_recovers(
     assert "connection refused" in refused.value.detail
     time.sleep(1.0)  # the first backoff step
     assert collector.collect().get("pgbouncer_max_client_connections") == MAX_CLIENT_CONN
+
+
+def test_databases_an_auto_database_makes_are_bounded(postgres_server: PostgresServer) -> None:
+    """Behind ``* =`` every database name a client asks for becomes one of PgBouncer's: the ten busiest
+    keep their series, the rest add up to "other" in the rates, and no lifetime total sums them."""
+    names = [f"tenant_{number:02}" for number in range(TOP_N + 3)]
+    with pgbouncer_in_front(
+        postgres_server, owned_temp_dir("tierwatch-autodb-"), database="*", pool_size=1, max_client_conn=40
+    ) as autodb:
+
+        def transactions(repeat: Callable[[str], int]) -> None:
+            for name in names:
+                with autodb.connect(dbname=name) as client:
+                    for _ in range(repeat(name)):
+                        client.execute("SELECT 1")
+
+        entry = {"name": "pool", "dsn": autodb.dsn(), "password": autodb.passwords[STATS_USER]}
+        config = validate_config({"interval": 2, "pgbouncer": [entry]})
+        collector = build(config, config.pgbouncer[0])
+        try:
+            transactions(lambda _: 1)
+            collector.collect()
+            transactions(lambda name: 1 + 3 * names.index(name))  # the later, the busier
+            time.sleep(0.2)
+            sample = collector.collect()
+        finally:
+            collector.close()
+    busiest = set(names[-TOP_N:])
+    assert {labels[0] for labels in sample.series("pgbouncer_transactions_total")} == busiest
+    assert {labels[0] for labels in sample.series("pgbouncer_pool_size")} == busiest
+    rates = sample.series("pgbouncer_transactions_per_second")
+    assert {labels[0] for labels in rates} == busiest | {OTHER}
+    assert rates[(OTHER,)] > 0  # the three quietest still count, together
