@@ -48,6 +48,17 @@ def within(part: float, whole: float) -> float:
     return min(max(part, 0), whole)
 
 
+def cpu_shares(deltas: Deltas, key: str, ticks: procfs.CpuTicks) -> tuple[float, float] | None:
+    """The busy and the iowait share of the CPU ticks since the previous cycle (``key`` names the CPU),
+    or None before there is a previous cycle."""
+    busy = deltas.delta((key, "busy"), ticks.busy)
+    iowait = deltas.delta((key, "iowait"), ticks.iowait, steps_back=True)
+    total = deltas.delta((key, "total"), ticks.total)
+    if busy is None or iowait is None or not total:
+        return None
+    return within(busy, total) / total, within(iowait, total) / total
+
+
 def read_text(path: Path) -> str | None:
     """The file's text, or None when it does not exist (an optional source such as PSI) or the
     kernel does not support reading it (PSI built in but switched off with psi=0 answers so)."""
@@ -109,14 +120,6 @@ class HostCollector(Collector):
         self._cgroup(out, elapsed)
         return out.build(self.name, self.target, self._wall_clock())
 
-    def _ticks_ratio(self, key: str, ticks: procfs.CpuTicks) -> tuple[float, float] | None:
-        busy = self._deltas.delta((key, "busy"), ticks.busy)
-        iowait = self._deltas.delta((key, "iowait"), ticks.iowait, steps_back=True)
-        total = self._deltas.delta((key, "total"), ticks.total)
-        if busy is None or iowait is None or not total:
-            return None
-        return within(busy, total) / total, within(iowait, total) / total
-
     def _cpu(self, out: SampleBuilder) -> int:
         stat = procfs.parse_stat(read_required(self._proc / "stat"))
         cpus = len(stat.cores) or 1
@@ -125,11 +128,13 @@ class HostCollector(Collector):
             out.set("host_procs_running", stat.procs_running)
         if stat.procs_blocked is not None:
             out.set("host_procs_blocked", stat.procs_blocked)
-        overall = self._ticks_ratio("cpu", stat.overall)
+        overall = cpu_shares(self._deltas, "cpu", stat.overall)
         if overall is not None:
             out.set("host_cpu_utilization_ratio", overall[0])
             out.set("host_cpu_iowait_ratio", overall[1])
-        per_core = [r for name, t in stat.cores.items() if (r := self._ticks_ratio(name, t)) is not None]
+        per_core = [
+            r for name, t in stat.cores.items() if (r := cpu_shares(self._deltas, name, t)) is not None
+        ]
         if per_core:
             # The busiest core is at least the average; the kernel sums the aggregate line in a separate
             # pass over the cores, so at a tick boundary the per-core lines can lag it by a tick.

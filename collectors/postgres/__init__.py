@@ -20,7 +20,7 @@ import psycopg
 from agent.config.model import Config, PostgresTarget
 from collectors.base import Collector, Sample, SampleBuilder
 from collectors.deltas import Deltas
-from collectors.host import procfs, read_required
+from collectors.host import cpu_shares, procfs, read_required
 from collectors.postgres import queries
 from collectors.postgres.bounded import top_n
 from collectors.postgres.dsn import endpoint, entry_connector, is_local, parse_dsn, server
@@ -174,10 +174,9 @@ class PostgresCollector(Collector):
     def _host(self, out: SampleBuilder, ticks: procfs.CpuTicks) -> None:
         # The whole host's CPU, PostgreSQL's or not: a DB host busy with something else still leaves
         # the database short of CPU.
-        busy = self._deltas.delta(("host", "busy"), ticks.busy)
-        total = self._deltas.delta(("host", "total"), ticks.total)
-        if busy is not None and total:
-            out.ratio("postgres_host_cpu_utilization_ratio", min(busy, total), total)
+        shares = cpu_shares(self._deltas, "host", ticks)
+        if shares is not None:
+            out.set("postgres_host_cpu_utilization_ratio", shares[0])
 
     def _databases(self, out: SampleBuilder, databases: list[queries.DatabaseStats]) -> None:
         for db in databases:
