@@ -25,6 +25,10 @@ class Deltas:
         self._previous, self._current = self._current, {}
         return elapsed if elapsed is not None and elapsed > 0 else None
 
+    def had(self, key: Hashable) -> bool:
+        """Whether ``key`` had a value in the previous cycle."""
+        return key in self._previous
+
     def delta(self, key: Hashable, value: float, *, steps_back: bool = False) -> float | None:
         """The increase since the previous cycle; None on first sight or after a counter reset.
         ``steps_back``: the counter may go down a little without a reset (iowait, see proc(5)); a

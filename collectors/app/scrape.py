@@ -141,9 +141,7 @@ class Scraper:
         self._timeout = timeout
         self._clock = clock
         self._deltas = Deltas()
-        # What identifies the process behind the previous page: its start time and its series.
-        self._start: float | None = None
-        self._known: set[Hashable] = set()
+        self._start: float | None = None  # of the process behind the previous page
         suffix = next((s for s in UNIT_SCALES if self._latency and self._latency.endswith(s)), None)
         self._latency_scale = UNIT_SCALES[suffix] if suffix else 1.0
 
@@ -156,8 +154,6 @@ class Scraper:
         elapsed = self._deltas.begin(self._clock())
         request_increase, requests_fell = self._increases("requests", page.requests, elapsed is not None)
         bucket_increase, buckets_fell = self._increases("buckets", page.buckets, elapsed is not None)
-        self._known = {("requests", labels) for labels in page.requests}
-        self._known |= {("buckets", labels) for labels in page.buckets}
         change = self._instance_change(page.start, requests_fell or buckets_fell)
         missing = sorted({name for name in (self._requests, self._latency) if name} - page.declared)
         if missing:
@@ -229,7 +225,7 @@ class Scraper:
             delta = self._deltas.delta(key, value)
             if delta is not None:
                 increases[labels] = delta
-            elif key in self._known:
+            elif self._deltas.had(key):
                 fell = True  # on the previous page, and no increase: it went down
             elif has_previous:
                 increases[labels] = value  # born since the previous scrape
