@@ -156,21 +156,25 @@ def _metric_value(values: Any, value_type: str, where: str) -> float | None:
 def _source_identity(entry: Any, *, with_object: bool = True) -> str:
     """What tells an HPA's metrics apart: the whole source but its target or current value. Two
     External metrics of one name that select different queues share a label, not an identity."""
-    source = get(entry, METRIC_SOURCES[entry["type"]])
     left_out = ("target", "current") if with_object else ("target", "current", "describedObject")
-    named = {key: value for key, value in source.items() if key not in left_out}
+    named = {key: value for key, value in _source(entry).items() if key not in left_out}
     return entry["type"] + json.dumps(named, sort_keys=True, default=str)
+
+
+def _source(entry: Any) -> Any:
+    """The part of a metric entry named by its type (``object`` for an Object metric)."""
+    return get(entry, METRIC_SOURCES[entry["type"]])
 
 
 def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ...]:
     currents = {}
     for entry in current_metrics if isinstance(current_metrics, list) else []:
         if metric_label(entry) is not None:
-            current = get(entry, METRIC_SOURCES[entry["type"]], "current")
+            current = get(_source(entry), "current")
             currents[_source_identity(entry)] = current
             # The HPA controller names the described object in the status only for a Value target; for
             # an AverageValue one it leaves it empty, so such an entry is found without it.
-            if not any((get(entry, METRIC_SOURCES[entry["type"]], "describedObject") or {}).values()):
+            if not any((get(_source(entry), "describedObject") or {}).values()):
                 currents.setdefault(_source_identity(entry, with_object=False), current)
     metrics: list[HpaMetric] = []
     seen: Counter[str] = Counter()
@@ -181,7 +185,7 @@ def _hpa_metrics(spec_metrics: Any, current_metrics: Any) -> tuple[HpaMetric, ..
         seen[label] += 1
         if seen[label] > 1:
             label = f"{label}#{seen[label]}"  # one series each, in the order the HPA lists them
-        target = get(entry, METRIC_SOURCES[entry["type"]], "target")
+        target = get(_source(entry), "target")
         target_type = str(get(target, "type"))
         where = f"spec.metrics[{index}]"
         metrics.append(
