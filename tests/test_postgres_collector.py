@@ -111,6 +111,10 @@ class SourceAddressRelay:
 
     def close(self) -> None:
         for sock in self._sockets:
+            # close() alone neither wakes a pump blocked in recv() on the socket nor ends the TCP
+            # connection while that call holds it: the server's sessions would outlive the test.
+            with contextlib.suppress(OSError):  # the listener, or a socket the peer already closed
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
 
