@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -195,17 +195,28 @@ class AgentProcess:
             self.stop()
 
 
+def start_python(seconds: float, tag: str = "", *, busy: bool = True) -> subprocess.Popen[bytes]:
+    """A child process that keeps one CPU busy (or sleeps) for at most ``seconds``, with ``tag`` in its
+    command line for the app collector's process matching."""
+    loop = "while time.time() < end: pass" if busy else "time.sleep(max(0.0, end - time.time()))"
+    code = f"import time\nend = time.time() + {seconds}  # {tag}\n{loop}\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 @contextmanager
-def every_core_busy(seconds: float) -> Iterator[None]:
-    """A busy-looping process per core of this machine, none of them a server's, for at most ``seconds``."""
-    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
-    burners = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
+def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kills ``processes`` when the block ends, however it ends."""
     try:
         yield
     finally:
-        for burner in burners:
-            burner.kill()
-            burner.wait()
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def every_core_busy(seconds: float) -> AbstractContextManager[None]:
+    """A busy-looping process per core of this machine, none of them a server's, for at most ``seconds``."""
+    return running(*(start_python(seconds) for _ in range(os.cpu_count() or 1)))
 
 
 def assert_promtool_accepts(page: str) -> None:

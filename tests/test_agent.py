@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from tests.support import REPO, AgentProcess, assert_promtool_accepts, http_get, value
+from tests.support import REPO, AgentProcess, assert_promtool_accepts, http_get, start_python, value
 
 BURNER_TAG = "tierwatch-test-app-burner"
 
@@ -22,8 +22,7 @@ BURNER_TAG = "tierwatch-test-app-burner"
 @pytest.fixture
 def app_process() -> Iterator[subprocess.Popen[bytes]]:
     """A process standing in for the app on a shared host: it burns CPU for at most 20 s."""
-    code = f"import time\nend = time.time() + 20  # {BURNER_TAG}\nwhile time.time() < end: pass\n"
-    process = subprocess.Popen([sys.executable, "-c", code])
+    process = start_python(20, BURNER_TAG)
     yield process
     process.kill()
     process.wait()

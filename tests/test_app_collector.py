@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from collectors.app.process import ProcessUsage
 from collectors.app.scrape import Scraper
 from collectors.base import CollectorError, Reason
 from tests.fixtures.app_server import TRICKLE_INTERVAL, AppServer, LoadPlan, ServiceProxy, run_load
-from tests.support import free_port
+from tests.support import free_port, start_python
 
 REQUESTS, LATENCY = "http_requests_total", "http_request_duration_seconds"
 
@@ -243,8 +242,7 @@ def test_unusable_entries_are_refused(entry: dict[str, Any], message: str) -> No
 
 def start_burner(tag: str) -> subprocess.Popen[bytes]:
     """A child process with a distinctive command line that keeps one CPU busy for at most 10 s."""
-    code = f"import time\nend = time.time() + 10  # {tag}\nwhile time.time() < end: pass\n"
-    return subprocess.Popen([sys.executable, "-c", code])
+    return start_python(10, tag)
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ add alerts of its own."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from tests.scenarios import (
     sessions_running,
     wait_for_alerts,
 )
-from tests.support import AgentProcess, every_core_busy, value
+from tests.support import AgentProcess, every_core_busy, running, start_python, value
 
 pytestmark = pytest.mark.usefixtures("one_connection_per_target")
 
@@ -43,17 +40,9 @@ def pgbouncer_section(tmp_path: Path, pooler: PgBouncerServer) -> list[dict[str,
     return [{"name": "pool", "dsn": pooler.dsn(), "password_file": str(password)}]
 
 
-@contextmanager
-def process_named(tag: str, busy: bool) -> Iterator[None]:
+def process_named(tag: str, busy: bool) -> AbstractContextManager[None]:
     """A process standing in for the app on a shared host: busy-looping or asleep, at most 30 s."""
-    loop = "while time.time() < end: pass" if busy else "time.sleep(30)"
-    code = f"import time\nend = time.time() + 30  # {tag}\n{loop}\n"
-    process = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        yield
-    finally:
-        process.kill()
-        process.wait()
+    return running(start_python(30, tag, busy=busy))
 
 
 def test_cpu_heavy_queries_with_an_idle_app_are_database_bound(
