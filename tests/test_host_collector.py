@@ -169,6 +169,27 @@ def test_without_sight_of_pid_1_the_agents_own_network_is_read(tmp_path: Path) -
     assert sample.get("host_network_receive_errors_total", "eth0") == 0  # the pod's own eth0
 
 
+def test_pid_1_refused_by_hidepid_noaccess_falls_back_to_the_agents_own_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A procfs mounted with hidepid=1 lists PID 1 but refuses an unprivileged agent its files with
+    EPERM, which root running this suite is never refused in a test tree: the read is made to fail
+    as the kernel's does. The cycle goes on with the agent's own namespace, not a permission error."""
+    snapshots = Snapshots("swapping", tmp_path)
+    snapshots.load("t0")
+    read_text = Path.read_text
+
+    def kernel_read(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.is_relative_to(snapshots.root / "proc" / "1"):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", kernel_read)
+    sample = snapshots.collector().collect()
+    assert sample.get("host_network_receive_errors_total", "eth0") == 0  # the pod's own eth0
+    assert sample.get("host_memory_used_ratio") is not None
+
+
 def test_malformed_file_is_a_parse_error_naming_it(tmp_path: Path) -> None:
     snapshots = Snapshots("swapping", tmp_path)
     snapshots.load("t0")

@@ -59,14 +59,18 @@ def cpu_shares(deltas: Deltas, key: str, ticks: procfs.CpuTicks) -> tuple[float,
     return within(busy, total) / total, within(iowait, total) / total
 
 
-def read_text(path: Path) -> str | None:
+def read_text(path: Path, *, denied_is_absent: bool = False) -> str | None:
     """The file's text, or None when it does not exist (an optional source such as PSI) or the
-    kernel does not support reading it (PSI built in but switched off with psi=0 answers so)."""
+    kernel does not support reading it (PSI built in but switched off with psi=0 answers so).
+    ``denied_is_absent``: a refusal means the same as a missing file, for another process's files
+    that a procfs mounted with hidepid=1 (noaccess) shows but refuses with EPERM."""
     try:
         return path.read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
         return None
     except PermissionError as error:
+        if denied_is_absent:
+            return None
         raise CollectorError(Reason.PERMISSION, f"cannot read {path}: {error.strerror}") from None
     except OSError as error:
         if error.errno == errno.EOPNOTSUPP:
@@ -189,8 +193,10 @@ class HostCollector(Collector):
         # /proc/net/dev shows the reader's own network namespace: in a pod without hostNetwork, the
         # pod's eth0. PID 1's is the node's when the procfs is the node's and the pod has hostPID (the
         # DaemonSet); anywhere else it is the agent's own namespace, as before. A procfs mounted with
-        # hidepid hides PID 1 from an unprivileged agent: its own namespace is then the best there is.
-        text = read_text(self._proc / "1" / "net" / "dev") or read_text(self._proc / "self" / "net" / "dev")
+        # hidepid hides PID 1 from an unprivileged agent (hidepid=2) or refuses its files (hidepid=1):
+        # its own namespace is then the best there is.
+        node = read_text(self._proc / "1" / "net" / "dev", denied_is_absent=True)
+        text = node or read_text(self._proc / "self" / "net" / "dev")
         if text is None:
             return
         for device, counters in procfs.parse_net_dev(text).items():
