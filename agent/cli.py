@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rules = commands.add_parser("rules", help="print the rule table as Prometheus alerting rules")
-    rules.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=config_help)
+    rules_help = "YAML config file whose rule overrides apply (default: $TIERWATCH_CONFIG, else none)"
+    rules.add_argument("--config", type=Path, default=os.environ.get("TIERWATCH_CONFIG"), help=rules_help)
     return parser
 
 
