@@ -172,6 +172,25 @@ def test_error_ratio_is_absent_without_a_status_label(app_server: AppServer) -> 
     assert sample.get("app_request_error_ratio") is None
 
 
+def test_requests_counted_by_the_latency_histogram(app_server: AppServer) -> None:
+    """Apps instrumented with a histogram alone (Micrometer, prom-client) count requests in its
+    ``_count``, which one family holds together with the buckets."""
+    collector = scraper(f"{app_server.url}/metrics", requests=f"{LATENCY}_count")
+    before_first = time.monotonic()
+    collector.collect()
+    after_first = time.monotonic()
+    plan = LoadPlan(total=60, fast_delay=0, slow_delay=0)
+    run_load(app_server, plan)
+    before_second = time.monotonic()
+    sample = collector.collect()
+    after_second = time.monotonic()
+    assert "metrics_not_on_page" not in sample.details
+    rate = sample.get("app_requests_per_second")
+    assert rate is not None
+    assert plan.total / (after_second - before_first) <= rate <= plan.total / (before_second - after_first)
+    assert sample.get("app_request_latency_p99_seconds") is not None
+
+
 def test_a_metric_missing_from_the_page_is_named(app_server: AppServer) -> None:
     collector = scraper(f"{app_server.url}/metrics", requests="http_requests_typo_total")
     collector.collect()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -125,6 +126,14 @@ def counter_value(value: float) -> float | None:
     return number if number is not None and number >= 0 else None
 
 
+def counts_requests(family: Metric, requests: str) -> bool:
+    """Whether the family holds the requests counter: the counter itself, or the ``_count`` of a
+    histogram or summary (Micrometer and prom-client apps count requests only there)."""
+    if family.type in ("histogram", "summary"):
+        return requests == f"{family.name}_count"
+    return family.name in (requests, requests.removesuffix("_total"))
+
+
 class Scraper:
     def __init__(
         self,
@@ -170,11 +179,11 @@ class Scraper:
         page = Page()
         try:
             for family in text_string_to_metric_families(text):
-                if self._requests and family.name in (self._requests, self._requests.removesuffix("_total")):
+                if self._requests and counts_requests(family, self._requests):
                     page.declared.add(self._requests)
                     names = {self._requests, f"{family.name}_total"}
                     page.requests.update(self._samples(family.samples, names))
-                elif self._latency and family.name == self._latency and family.type == "histogram":
+                if self._latency and family.name == self._latency and family.type == "histogram":
                     page.declared.add(self._latency)
                     page.buckets.update(self._samples(family.samples, {f"{self._latency}_bucket"}))
                 elif family.name == START_TIME and family.samples:
