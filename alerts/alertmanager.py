@@ -5,7 +5,8 @@ the future (4 x max(interval, resend_interval)), so Alertmanager resolves them b
 dies. A resolution is sent with endsAt = the time it resolved, and re-sent for 15 minutes. Each
 endpoint keeps its own schedule and backoff; what is sent is always the current state, so an
 Alertmanager that was down gets everything that still matters when it returns. All HTTP happens on
-the sender's own thread: the alerting cycle only hands over state and never waits.
+the sender's threads, one per Alertmanager as Prometheus posts to each at once: the alerting cycle
+only hands over state and never waits, and an Alertmanager that hangs delays no other.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time
 import urllib.error
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +30,9 @@ log = logging.getLogger("tierwatch.alertmanager")
 RESOLVED_RESEND_SECONDS = 15 * 60
 MAX_ALERTS = 10_000
 MAX_BACKOFF_SECONDS = 60.0
+# 2.0 ** 1024 overflows: without a bound, an Alertmanager down for ~17 h (1024 retries a minute
+# apart) would raise on every retry from then on.
+MAX_BACKOFF_DOUBLINGS = 16
 TICK_SECONDS = 1.0
 MAX_REFUSAL_CHARS = 300  # of Alertmanager's explanation of a refused post, in the log
 Post = Callable[[str, bytes, float], None]
@@ -38,6 +42,11 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
     request = basic_auth_request(url, {"Content-Type": "application/json"}, data=body, method="POST")
     with open_request(request, timeout) as response:
         response.read()
+        if response.geturl() != request.full_url:
+            # urllib follows a 301, 302 or 303 with a GET and no body, which Alertmanager answers
+            # with 200: it would count as delivered, and the alerts were never posted.
+            moved_to = without_credentials(response.geturl())
+            raise ValueError(f"redirected to {moved_to}, which a post cannot follow; configure that URL")
 
 
 def _problem(error: Exception) -> str:
@@ -81,6 +90,7 @@ class _Endpoint:
     failures: int = 0
     retry_at: float = 0.0
     reported: str | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class AlertmanagerSender:
@@ -111,12 +121,15 @@ class AlertmanagerSender:
         self._lock = threading.Lock()
         self._firing: dict[AlertKey, Alert] = {}
         self._resolved: dict[AlertKey, Alert] = {}
-        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="alertmanager-sender", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(endpoint,), name="alertmanager-sender", daemon=True)
+            for endpoint in self._endpoints
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def carry_over(self, previous: AlertmanagerSender) -> None:
         """Before ``start``, after a reload: takes the resolutions ``previous`` was still re-sending,
@@ -132,11 +145,13 @@ class AlertmanagerSender:
                 endpoint.alerts_sent, endpoint.alerts_failed = before.alerts_sent, before.alerts_failed
 
     def stop(self, wait: float = 0.0) -> None:
-        """Ends the sender thread; ``wait`` > 0 waits that long for a post in progress to end."""
+        """Ends the sender threads; ``wait`` > 0 waits that long for posts in progress to end."""
         self._stop.set()
-        self._wake.set()
-        if wait > 0 and self._thread.is_alive():
-            self._thread.join(wait)
+        self._wake_all()
+        deadline = time.monotonic() + wait
+        for thread in self._threads:
+            if wait > 0 and thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def notify(self, active: list[Alert], resolved: list[Alert]) -> None:
         """Takes one cycle's state; pending alerts are not sent, as in Prometheus."""
@@ -155,7 +170,11 @@ class AlertmanagerSender:
             ]:
                 del self._resolved[key]  # a full queue drops the oldest resolutions first
                 self._dropped += 1
-        self._wake.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.wake.set()
 
     def deliveries(self) -> Deliveries:
         return Deliveries(
@@ -165,22 +184,23 @@ class AlertmanagerSender:
         )
 
     def send_due(self) -> None:
-        """One pass over the endpoints: send to those whose alerts changed, are due a re-send, or are
-        due a retry. Called by the sender thread; tests call it directly."""
+        """One pass over the endpoints, one after another; the sender threads each do their own."""
+        for endpoint in self._endpoints:
+            self._send_due_to(endpoint)
+
+    def _send_due_to(self, endpoint: _Endpoint) -> None:
+        """Sends if the alerts changed since the last post to ``endpoint``, or a re-send or a retry is due."""
         now = self._clock()
+        if now < endpoint.retry_at:
+            return
         with self._lock:
             alerts = [*self._firing.values(), *self._resolved.values()]
         keys = frozenset((alert.key, alert.state.value) for alert in alerts)
-        for endpoint in self._endpoints:
-            if now < endpoint.retry_at:
-                continue
-            # New firing alerts and new resolutions go out at once; the rest on the re-send schedule.
-            changed = bool(keys - endpoint.sent_keys)
-            resend_due = bool(alerts) and (
-                endpoint.last_sent is None or now - endpoint.last_sent >= self._resend
-            )
-            if changed or resend_due:
-                self._send(endpoint, alerts, keys, now)
+        # New firing alerts and new resolutions go out at once; the rest on the re-send schedule.
+        changed = bool(keys - endpoint.sent_keys)
+        resend_due = bool(alerts) and (endpoint.last_sent is None or now - endpoint.last_sent >= self._resend)
+        if changed or resend_due:
+            self._send(endpoint, alerts, keys, now)
 
     def _send(self, endpoint: _Endpoint, alerts: list[Alert], keys: frozenset[Any], now: float) -> None:
         body = json.dumps([self._payload(alert, now) for alert in alerts]).encode()
@@ -190,18 +210,22 @@ class AlertmanagerSender:
         except (OSError, urllib.error.URLError, ValueError, HTTPException) as error:
             endpoint.alerts_failed += len(alerts)
             endpoint.failures += 1
-            backoff = min(MAX_BACKOFF_SECONDS, self._resend, 2.0 ** (endpoint.failures - 1))
+            doublings = min(endpoint.failures - 1, MAX_BACKOFF_DOUBLINGS)
+            backoff = min(MAX_BACKOFF_SECONDS, self._resend, 2.0**doublings)
             endpoint.retry_at = now + backoff
             problem = _problem(error)
             if endpoint.reported != problem:
                 log.warning(
-                    "sending %d alerts to %s failed: %s; retrying", len(alerts), endpoint.url, problem
+                    "sending %d alerts to %s failed: %s; retrying",
+                    len(alerts),
+                    without_credentials(endpoint.url),
+                    problem,
                 )
                 endpoint.reported = problem
             return
         endpoint.alerts_sent += len(alerts)
         if endpoint.failures:
-            log.info("alerts delivered to %s again", endpoint.url)
+            log.info("alerts delivered to %s again", without_credentials(endpoint.url))
         endpoint.failures, endpoint.retry_at, endpoint.reported = 0, 0.0, None
         endpoint.last_sent, endpoint.sent_keys = now, keys
 
@@ -229,13 +253,13 @@ class AlertmanagerSender:
             "endsAt": rfc3339(ends_at or now),
         }
 
-    def _loop(self) -> None:
+    def _loop(self, endpoint: _Endpoint) -> None:
         while not self._stop.is_set():
-            self._wake.wait(TICK_SECONDS)
-            self._wake.clear()
+            endpoint.wake.wait(TICK_SECONDS)
+            endpoint.wake.clear()
             if self._stop.is_set():
                 break
             try:
-                self.send_due()
+                self._send_due_to(endpoint)
             except Exception:  # a bug here must not end alert delivery for the agent's lifetime
                 log.exception("sending alerts failed; trying again in %g s", TICK_SECONDS)

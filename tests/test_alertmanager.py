@@ -11,11 +11,13 @@ import threading
 import time
 from dataclasses import replace
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.redact import ScrubbingFilter
 from alerts.alertmanager import RESOLVED_RESEND_SECONDS, AlertmanagerSender, post_json
 from alerts.classifier import Verdict
 from alerts.lifecycle import Alert, State
@@ -24,7 +26,7 @@ from alerts.table import RULES
 from tests.fixtures.alertmanager_server import Alertmanager
 from tests.proc_trees import DATA
 from tests.scenarios import active_alerts
-from tests.support import AgentProcess, http_get, value
+from tests.support import AgentProcess, free_port, http_get, value
 
 RULE = RULES[0]  # MemorySwapping
 
@@ -186,6 +188,67 @@ def greet_once(listener: socket.socket) -> None:
         connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
 
 
+def test_backoff_stays_bounded_however_long_an_alertmanager_is_down() -> None:
+    """Retries a minute apart for a day: the doubling backoff must not overflow (it did after 1024
+    failures, ~17 h, and from then on no Alertmanager listed after that one was posted to)."""
+    post, clock = Recorder(), Clock()
+    out = sender(post, clock, ("http://am-a:9093", "http://am-b:9093"))
+    post.failing = True
+    out.notify([alert(State.FIRING)], [])
+    for _ in range(24 * 60):
+        out.send_due()
+        clock.now += 60
+    assert out.deliveries().failed == (("http://am-a:9093", 24 * 60), ("http://am-b:9093", 24 * 60))
+    post.failing = False
+    out.send_due()
+    assert [url for url, _ in post.posts] == [
+        "http://am-a:9093/api/v2/alerts",
+        "http://am-b:9093/api/v2/alerts",
+    ]
+
+
+def test_a_redirected_post_is_a_failed_delivery(
+    alertmanager: Alertmanager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An http URL that a proxy redirects (to https, say): urllib follows a 301 with a GET, which
+    Alertmanager answers with 200 and its alert list. That delivered nothing and must not count as sent."""
+    with Redirector(alertmanager.url) as proxy:
+        out = AlertmanagerSender((proxy.url,), 5.0, 60.0, timeout=2.0, static_labels={}, runbook_base_url="")
+        out.notify([alert(State.FIRING, since=time.time())], [])
+        with caplog.at_level(logging.WARNING, logger="tierwatch.alertmanager"):
+            out.send_due()
+    assert out.deliveries().failed == ((proxy.url, 1),)
+    assert out.deliveries().sent == ((proxy.url, 0),)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert f"redirected to {alertmanager.url}/api/v2/alerts" in line
+
+
+class Redirector(ThreadingHTTPServer):
+    """Answers every request with a 301 to the same path on ``target``."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str) -> None:
+        class Moved(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(301)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Moved)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def __exit__(self, *args: object) -> None:
+        self.shutdown()
+        super().__exit__(*args)
+
+
 def test_deliveries_are_counted_per_alertmanager_without_credentials() -> None:
     post, clock = Recorder(), Clock()
     out = sender(post, clock, ("http://tierwatch:s3cret-pass@am-a:9093/", "http://am-b:9093"))
@@ -291,6 +354,38 @@ def test_alertmanager_down_while_firing_gets_it_when_back(alertmanager: Alertman
         )
     finally:
         out.stop()
+
+
+def test_an_alertmanager_that_hangs_delays_no_other(alertmanager: Alertmanager) -> None:
+    """Listed first, an Alertmanager that takes connections and never answers must not hold the
+    alert back from the one that works for its 10 s timeout (Prometheus posts to each at once)."""
+    with socket.create_server(("127.0.0.1", 0)) as hanging:  # the kernel accepts; nobody answers
+        hanging_url = f"http://127.0.0.1:{hanging.getsockname()[1]}"
+        out = AlertmanagerSender(
+            (hanging_url, alertmanager.url), 5.0, 60.0, timeout=10.0, static_labels={}, runbook_base_url=""
+        )
+        out.start()
+        try:
+            out.notify([alert(State.FIRING, since=time.time())], [])
+            wait_until(lambda: len(alertmanager.alerts()) == 1, "delivery past the hanging one", 4.0)
+        finally:
+            out.stop()
+
+
+def test_a_failed_post_is_logged_without_the_urls_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    """A token given as the URL's user name is a secret too: the log names the Alertmanager as the
+    metrics do, without user information, even past the agent's scrubbing filter."""
+    address = f"127.0.0.1:{free_port()}"  # nothing listens: refused
+    out = AlertmanagerSender(
+        (f"http://am-token-7f3a9c@{address}",), 5.0, 60.0, timeout=2.0, static_labels={}, runbook_base_url=""
+    )
+    caplog.handler.addFilter(ScrubbingFilter())
+    out.notify([alert(State.FIRING)], [])
+    with caplog.at_level(logging.WARNING, logger="tierwatch.alertmanager"):
+        out.send_due()
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert f"to http://{address}/api/v2/alerts failed" in line
+    assert "am-token-7f3a9c" not in line
 
 
 def wait_until(condition: Any, what: str, timeout: float = 20.0) -> None:
