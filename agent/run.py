@@ -17,7 +17,7 @@ from agent.http import AgentServer
 from agent.scheduler import CollectorRunner, Scheduler
 from agent.store import Store
 from agent.wiring import build_collectors, register_secrets, use_procfs
-from alerts.alertmanager import AlertmanagerSender
+from alerts.alertmanager import AlertmanagerSender, without_credentials
 from alerts.present import alert_json
 
 log = logging.getLogger("tierwatch")
@@ -85,7 +85,8 @@ class Pipeline:
             log.warning("no collector is configured: nothing is monitored, and /readyz answers 503")
         use_procfs(self.config)
         if self.sender is not None:
-            log.info("sending alerts to %s", ", ".join(self.config.alertmanager.urls))
+            urls = (without_credentials(url) for url in self.config.alertmanager.urls)
+            log.info("sending alerts to %s", ", ".join(urls))
             self.sender.start()
         self.scheduler.start()
 

@@ -87,6 +87,20 @@ def test_an_agent_with_nothing_to_collect_says_so(tmp_path: Path) -> None:
         assert idle.stop() == 0
 
 
+def test_start_up_log_names_alertmanagers_without_credentials(tmp_path: Path) -> None:
+    """A token given as the URL's user name has no password the scrubbing filter would know."""
+    urls = ["http://am-token-7f3a9c@127.0.0.1:9/", "http://user:pw-5e1d@127.0.0.1:9/"]
+    config = {"host": {"enabled": False}, "alertmanager": {"urls": urls}}
+    sender = AgentProcess(tmp_path, config).start(wait_ready=False)
+    try:
+        sender.wait_for(lambda: "sending alerts to" in sender.log(), "the start-up line")
+        assert "sending alerts to http://127.0.0.1:9/, http://127.0.0.1:9/" in sender.log()
+        assert "am-token-7f3a9c" not in sender.log()
+        assert "pw-5e1d" not in sender.log()
+    finally:
+        assert sender.stop() == 0
+
+
 def test_sigterm_stops_cleanly_within_5_seconds(agent: AgentProcess) -> None:
     started = time.monotonic()
     assert agent.stop() == 0

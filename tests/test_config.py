@@ -282,6 +282,15 @@ def test_alertmanager_labels_are_ones_alertmanager_takes(tmp_path: Path, labels:
     }
 
 
+@pytest.mark.parametrize("url", ["s3cret-token@am:9093", "ftp://am:9093", "http://"])
+def test_alertmanager_urls_must_be_http_with_a_host(tmp_path: Path, url: str) -> None:
+    """Each post would fail with urllib's error, which quotes the URL and whatever token it holds."""
+    text = f"alertmanager: {{urls: [http://a:9093, '{url}']}}\n"
+    with pytest.raises(ConfigError, match=re.escape("alertmanager.urls[1]: not an http://")) as error:
+        load_config(write(tmp_path, text))
+    assert "s3cret" not in str(error.value)
+
+
 def test_rule_overrides_from_environment() -> None:
     environ = {
         "TIERWATCH_RULES__DATABASEBOUND__FOR": "60",

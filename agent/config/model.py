@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 from alerts.names import ALERT_NAMES
 
@@ -174,6 +175,11 @@ class AlertmanagerSection(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for position, url in enumerate(self.urls):
+            # Not quoted: a URL may carry a token as its user name.
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"urls[{position}]: not an http:// or https:// URL with a host")
         # Alertmanager refuses a whole post over one bad label, so every alert would be lost.
         for name, value in self.labels.items():
             if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
