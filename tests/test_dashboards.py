@@ -48,6 +48,9 @@ COLLECTORS: tuple[type[Collector], ...] = (
     AppCollector,
 )
 COLLECTOR_NAMES = frozenset(collector.name for collector in COLLECTORS)
+METRIC_COLLECTOR = {
+    PREFIX + spec.name: collector.name for collector in COLLECTORS for spec in collector.metrics
+}
 # The exporter puts the target label first on every tier series (agent/exporter.py).
 TIER_METRICS: dict[str, frozenset[str]] = {
     PREFIX + spec.name: frozenset({"target", *spec.labels})
@@ -296,6 +299,36 @@ def test_detail_dashboards_list_only_their_collectors_targets() -> None:
         (selector,) = selectors(parse(match["selector"]))
         values = [m.value for m in matchers(selector) if m.label == "collector"]
         assert [set(v.split("|")) for v in values] == [collectors], query
+
+
+def series_collectors(selector: promql_parser.VectorSelector) -> set[str]:
+    """The collectors whose targets a selector's series carry in their target label."""
+    if selector.name in METRIC_COLLECTOR:
+        return {METRIC_COLLECTOR[selector.name]}
+    found = matchers(selector)
+    if selector.name == "tierwatch_signal_value":
+        return {SIGNALS[m.value].subject for m in found if m.label == "signal"}
+    return {c for m in found if m.label == "collector" for c in m.value.split("|")}
+
+
+def test_detail_dashboards_query_only_the_targets_they_offer() -> None:
+    # Choosing targets sends their names, not "All" (.*): a series of a collector the variable does
+    # not list has no target among them and vanishes from its panel.
+    for name in NAMES:
+        if name == "overview":
+            continue  # its variable lists every collector's targets
+        dashboard = load(name)
+        (offered,) = selectors(
+            parse(LABEL_VALUES.match(variable_query(variable(dashboard, "target")))["selector"])
+        )
+        listed = {c for m in matchers(offered) if m.label == "collector" for c in m.value.split("|")}
+        assert listed, name
+        for panel, target in expressions(dashboard):
+            for selector in selectors(parse(target["expr"])):
+                if "target" in EXPORTED[selector.name]:
+                    collectors = series_collectors(selector)
+                    assert collectors, f"{name} / {panel['title']}: {selector.name}: whose targets?"
+                    assert collectors <= listed, f"{name} / {panel['title']}: {target['expr']}"
 
 
 def test_panel_ids_are_unique_and_panels_fit_the_grid(dashboard: Dashboard) -> None:

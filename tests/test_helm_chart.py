@@ -45,6 +45,9 @@ SENTINEL = "s3ntinel-Pa55word-must-not-render"
 # What the test pretends the downward API and the Secret hold when it loads a config.
 NODE_NAME, POD_NAME = "node-1", "pod-1"
 SECRET_DSN, SECRET_URL = "host=db.example port=5432 user=tierwatch", "redis://cache.example:6379/0"
+SECRET_METRICS_URL = "http://scraper:stand-in@app.example:8000/metrics"
+# By the last part of the variable's name (TIERWATCH_<SECTION>__<NAME>__<FIELD>).
+SECRET_VALUES = {"DSN": SECRET_DSN, "URL": SECRET_URL, "METRICS_URL": SECRET_METRICS_URL}
 # How every deployment starts the agent, but for the bytecode cache: the image keeps it where Python looks.
 RUNTIME_ENV = {key: value for key, value in DEPLOYED_ENVIRONMENT.items() if key != "PYTHONPYCACHEPREFIX"}
 
@@ -155,7 +158,7 @@ def environment(container: Manifest) -> dict[str, str]:
             field = source["fieldRef"]["fieldPath"]
             env[variable["name"]] = {"spec.nodeName": NODE_NAME, "metadata.name": POD_NAME}[field]
         elif "secretKeyRef" in source:
-            env[variable["name"]] = SECRET_URL if variable["name"].endswith("__URL") else SECRET_DSN
+            env[variable["name"]] = SECRET_VALUES[variable["name"].rsplit("__", 1)[-1]]
         else:
             raise AssertionError(f"unexpected env source {variable}")
     return env
@@ -324,7 +327,9 @@ def test_rbac_only_reads_the_four_resources(rendered: dict[str, list[Manifest]],
         assert not roles
         assert not of_kind(docs, "RoleBinding", "ClusterRoleBinding")
         return
-    expected_kind = "Role" if case == "namespaced-rbac" else "ClusterRole"
+    # A Role in the one namespace the collector reads, unless a values file asks for cluster-wide.
+    cluster_wide = case in CI_VALUES and ci_values(case).get("rbac", {}).get("clusterWide") is True
+    expected_kind = "ClusterRole" if cluster_wide else "Role"
     role = one(docs, expected_kind)
     assert len(roles) == 1
     granted = set()
@@ -344,7 +349,9 @@ def test_rbac_only_reads_the_four_resources(rendered: dict[str, list[Manifest]],
     account = pod_spec(one(docs, "Deployment"))["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
     if expected_kind == "Role":
-        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "shop"
+        values = ci_values(case) if case in CI_VALUES else {}
+        watched = values.get("clusterAgent", {}).get("kubernetes", {}).get("namespace") or NAMESPACE
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == watched
 
 
 # --- configs ------------------------------------------------------------------------------------
@@ -412,6 +419,10 @@ def test_ci_values_reach_the_agent(rendered: dict[str, list[Manifest]], tmp_path
     # The DSN with a password arrives through the environment, from the Secret.
     assert config.postgres[1].dsn.get_secret_value() == SECRET_DSN
     assert config.redis[1].url.get_secret_value() == SECRET_URL
+    assert [(entry.name, entry.metrics_url) for entry in config.app] == [
+        ("api", "http://api-0.api-headless.shop.svc:8000/metrics"),
+        ("worker", SECRET_METRICS_URL),
+    ]
     assert config.postgres[0].vcpus == 8
     assert config.kubernetes.namespace == "shop"
     assert config.kubernetes.hpas == ("api", "worker")
@@ -481,6 +492,11 @@ def test_chart_secret_is_the_only_place_of_a_password(helm: str, tmp_path: Path)
         ({"postgres": [{"name": "a", "dsn": f"host=db user=u password={SENTINEL}"}]}, "holds a password"),
         ({"postgres": [{"name": "a", "dsn": f"postgresql://db/a?password={SENTINEL}"}]}, "holds a password"),
         ({"redis": [{"name": "a", "url": f"redis://:{SENTINEL}@cache:6379/0"}]}, "holds a password"),
+        (
+            {"app": [{"name": "a", "metrics_url": f"http://u:{SENTINEL}@app:8000/metrics"}]},
+            "holds a password",
+        ),
+        ({"app": [{"name": "a", "metricsUrlKey": "missing"}]}, "not a key of secret.data"),
         ({"postgres": [{"name": "a", "dsnKey": "missing"}]}, "not a key of secret.data"),
         ({"postgres": [{"name": "a", "dsn": "host=db", "dsnKey": "a-dsn"}]}, "not both"),
         ({"postgres": [{"name": "a:b", "dsn": "host=db", "password": SENTINEL}]}, "may only hold"),

@@ -59,7 +59,11 @@ Secrets, per postgres / pgbouncer / redis entry:
   dsnKey/urlKey  the Secret key of a whole DSN (postgres, pgbouncer) or URL (redis) that contains a
                password; passed as TIERWATCH_<SECTION>__<NAME>__DSN (or __URL) from a secretKeyRef,
                because the agent reads DSNs from the config or the environment, not from files.
-A plain dsn/url that carries a password is refused, so no password can end up in the ConfigMap.
+App entries have no password field, but their metrics_url may carry user:password@ (the agent sends it
+as basic auth): metricsUrlKey names the Secret key of such a URL, passed as
+TIERWATCH_APP__<NAME>__METRICS_URL the same way.
+A plain dsn/url/metrics_url that carries a password is refused, so no password can end up in the
+ConfigMap.
 */}}
 {{- define "tierwatch.clusterPlan" -}}
 {{- $values := .Values.clusterAgent }}
@@ -76,14 +80,20 @@ A plain dsn/url that carries a password is refused, so no password can end up in
 {{- $_ := set $data $key (toString $value) }}
 {{- end }}
 {{- end }}
-{{- range $section := list "postgres" "pgbouncer" "redis" }}
-{{- $connField := ternary "url" "dsn" (eq $section "redis") }}
-{{- $connKeyField := printf "%sKey" $connField }}
+{{- $connFields := dict "postgres" "dsn" "pgbouncer" "dsn" "redis" "url" "app" "metrics_url" }}
+{{- $connKeyFields := dict "postgres" "dsnKey" "pgbouncer" "dsnKey" "redis" "urlKey" "app" "metricsUrlKey" }}
+{{- range $section := list "postgres" "pgbouncer" "redis" "app" }}
+{{- $connField := get $connFields $section }}
+{{- $connKeyField := get $connKeyFields $section }}
+{{- $hasPassword := ne $section "app" }}
 {{- $entries := list }}
 {{- range $i, $entry := index $values $section | default list }}
 {{- $where := printf "clusterAgent.%s[%d]" $section $i }}
 {{- $name := required (printf "%s.name is required" $where) $entry.name | toString }}
-{{- $out := omit $entry "password" "passwordKey" $connKeyField }}
+{{- $out := omit $entry $connKeyField }}
+{{- if $hasPassword }}
+{{- $out = omit $out "password" "passwordKey" }}
+{{- end }}
 {{- $connKey := index $entry $connKeyField | default "" | toString }}
 {{- $conn := index $entry $connField | default "" | toString }}
 {{- if and (or $connKey $entry.password) (not (regexMatch `^[A-Za-z0-9_.-]+$` $name)) }}
@@ -98,13 +108,14 @@ A plain dsn/url that carries a password is refused, so no password can end up in
 {{- fail (printf "%s: %s %q is not a key of secret.data (or set secret.existingSecret)" $where $connKeyField $connKey) }}
 {{- end }}
 {{- else }}
-{{- if and (ne $section "redis") (not $conn) }}
+{{- if and (has $section (list "postgres" "pgbouncer")) (not $conn) }}
 {{- fail (printf "%s: set %s, or %s to read it from the Secret" $where $connField $connKeyField) }}
 {{- end }}
 {{- if regexMatch `://[^/@\s]*:[^/@\s]*@|(?i:(^|[\s?&])password\s*=)` $conn }}
-{{- fail (printf "%s: the %s holds a password; the chart keeps passwords out of the ConfigMap: use password/passwordKey, or put the whole %s in the Secret and set %s" $where $connField $connField $connKeyField) }}
+{{- fail (printf "%s: the %s holds a password; the chart keeps passwords out of the ConfigMap: %sput the whole %s in the Secret and set %s" $where $connField (ternary "use password/passwordKey, or " "" $hasPassword) $connField $connKeyField) }}
 {{- end }}
 {{- end }}
+{{- if $hasPassword }}
 {{- $passwordKey := $entry.passwordKey | default "" | toString }}
 {{- if and (not $passwordKey) $entry.password }}
 {{- $passwordKey = printf "%s-%s-password" $section $name }}
@@ -123,19 +134,12 @@ A plain dsn/url that carries a password is refused, so no password can end up in
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
 {{- $entries = append $entries $out }}
 {{- end }}
 {{- if $entries }}
 {{- $_ := set $config $section $entries }}
 {{- end }}
-{{- end }}
-{{- $apps := list }}
-{{- range $i, $entry := $values.app | default list }}
-{{- $_ := required (printf "clusterAgent.app[%d].name is required" $i) $entry.name }}
-{{- $apps = append $apps $entry }}
-{{- end }}
-{{- if $apps }}
-{{- $_ := set $config "app" $apps }}
 {{- end }}
 {{- $kubernetes := deepCopy ($values.kubernetes | default dict) }}
 {{- if not $kubernetes.namespace }}
