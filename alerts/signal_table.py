@@ -114,16 +114,54 @@ AUTOSCALING = (
 
 
 def _throughput_gain(windows: Windows) -> float | None:
-    """Throughput now / at the start of the window: the app's request rate, else the DB commit rate."""
-    for collector, metric in (("app", "app_requests_per_second"), ("postgres", "postgres_commits_total")):
-        pairs = [
-            _start_and_end(window, metric) for (c, _), window in windows.items() if c == collector and window
-        ]
-        pairs = [pair for pair in pairs if pair is not None]
-        if pairs:
-            start = sum(first for first, _ in pairs)
-            return sum(last for _, last in pairs) / start if start > 0 else None
-    return None
+    """Throughput now / at the start of the window: the request rate of the apps an HPA scales, else
+    the DB commit rate."""
+    pairs = _scaled_app_throughput(windows)
+    if not pairs:
+        commits = (
+            _start_and_end(w, "postgres_commits_total") for (c, _), w in windows.items() if c == "postgres"
+        )
+        pairs = [pair for pair in commits if pair is not None]
+    if not pairs:
+        return None
+    start = sum(first for first, _ in pairs)
+    return sum(last for _, last in pairs) / start if start > 0 else None
+
+
+def _scaled_app_throughput(windows: Windows) -> list[tuple[float, float]]:
+    """Each app's request rate times the replicas of the HPA its entry names, at both ends of the
+    window. An app's metrics_url reaches one instance, whose rate stays flat while added replicas
+    add throughput: unscaled, it would read as "throughput did not rise" after every scale-out. An
+    app no HPA is named for says nothing of the total, and is left out."""
+    replicas = _replica_history(windows)
+    pairs = []
+    for (collector, _), window in windows.items():
+        if collector != "app" or not window:
+            continue
+        hpa = window[-1].details.get("hpa")
+        history = replicas.get(hpa) if isinstance(hpa, str) else None
+        rates = _start_and_end(window, "app_requests_per_second")
+        if history and rates is not None:
+            ends = (_replicas_at(history, window[0].timestamp), _replicas_at(history, window[-1].timestamp))
+            pairs.append((rates[0] * ends[0], rates[1] * ends[1]))
+    return pairs
+
+
+def _replica_history(windows: Windows) -> dict[str, list[tuple[float, float]]]:
+    """(timestamp, current replicas) of every HPA seen, oldest first, by name."""
+    history: dict[str, list[tuple[float, float]]] = {}
+    for (collector, _), window in windows.items():
+        if collector == "kubernetes":
+            for sample in window:
+                for (hpa,), current in sample.series("kubernetes_hpa_current_replicas").items():
+                    history.setdefault(hpa, []).append((sample.timestamp, current))
+    return history
+
+
+def _replicas_at(history: list[tuple[float, float]], timestamp: float) -> float:
+    """The replicas last seen at or before ``timestamp``; the first seen, if none was before it."""
+    seen = [replicas for at, replicas in history if at <= timestamp]
+    return seen[-1] if seen else history[0][1]
 
 
 def _start_and_end(window: Window, metric: str) -> tuple[float, float] | None:

@@ -224,3 +224,32 @@ def test_swapping_evidence_carries_the_apps_latency() -> None:
     (verdict,) = classify(windows, (swapping,), SIGNALS)
     assert verdict.truth
     assert verdict.evidence["app_tier_latency_p99_max"] == 0.8
+
+
+@pytest.mark.parametrize(
+    ("per_instance_rates", "fires"),
+    [
+        ((10.0, 10.0, 10.0, 10.0, 10.0), False),  # each of 2 -> 5 replicas kept its rate: x2.5 in all
+        ((10.0, 10.0, 4.0, 4.0, 4.0), True),  # 5 replicas serve what 2 served: nothing gained
+    ],
+)
+def test_throughput_is_one_instances_rate_times_its_hpas_replicas(
+    per_instance_rates: tuple[float, ...], fires: bool
+) -> None:
+    """An app's metrics_url reaches one instance: after a scale-out its flat rate is a rise in all."""
+    hpa = ("web",)
+    times = [float(second) for second in range(0, 50, 10)]
+    cluster = tuple(
+        Sample("kubernetes", "shop", at, {("kubernetes_hpa_current_replicas", hpa): 2.0 if at < 20 else 5.0})
+        for at in times
+    )
+    app = tuple(
+        Sample("app", "web", at, {("app_requests_per_second", ()): rate}, {"hpa": "web"})
+        for at, rate in zip(times, per_instance_rates, strict=True)
+    )
+    database = (Sample("postgres", "main", times[-1], {("postgres_connections_used_ratio", ()): 0.95}),)
+    windows = {("kubernetes", "shop"): cluster, ("app", "web"): app, ("postgres", "main"): database}
+    shared = next(rule for rule in RULES if rule.name == "DownstreamSharedBottleneck")
+    (verdict,) = [v for v in classify(windows, (shared,), SIGNALS) if v.target == "shop/web"]
+    assert verdict.evidence["throughput_gain_ratio"] == pytest.approx(2.5 if not fires else 1.0)
+    assert verdict.truth is fires
