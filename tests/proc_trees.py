@@ -6,6 +6,7 @@ The host collector reads a working copy that is switched from t0 to t1 between i
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from collectors.base import Sample
@@ -13,6 +14,7 @@ from collectors.host import HostCollector
 
 DATA = Path(__file__).parent / "data" / "proc"
 GAP_SECONDS = 10.0
+Edit = Callable[[Path], None]  # changes a snapshot's working copy, given its root
 
 
 class Snapshots:
@@ -35,14 +37,19 @@ class Snapshots:
             wall_clock=lambda: 1_795_000_000.0 + self.now,
         )
 
-    def two_cycles(self) -> tuple[Sample, Sample]:
+    def two_cycles(self, edit: Edit | None = None) -> tuple[Sample, Sample]:
+        """Both cycles, ``edit`` applied to each snapshot before it is read."""
         self.load("t0")
+        if edit:
+            edit(self.root)
         collector = self.collector()
         first = collector.collect()
         self.load("t1")
+        if edit:
+            edit(self.root)
         self.now += GAP_SECONDS
         return first, collector.collect()
 
 
-def cycles(tree: str, tmp_path: Path) -> tuple[Sample, Sample]:
-    return Snapshots(tree, tmp_path).two_cycles()
+def cycles(tree: str, tmp_path: Path, edit: Edit | None = None) -> tuple[Sample, Sample]:
+    return Snapshots(tree, tmp_path).two_cycles(edit)

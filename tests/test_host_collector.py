@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from collectors.base import CollectorError, Reason
+from alerts.classifier import classify
+from alerts.table import RULES, SIGNALS
+from collectors.base import CollectorError, Reason, Sample
 from collectors.host import HostCollector, procfs, within
 from tests.proc_trees import GAP_SECONDS, Snapshots, cycles
+from tests.support import REQUIRE_TOOLS, running, start_python
 
 
 def test_swapping_host_with_psi(tmp_path: Path) -> None:
@@ -132,16 +138,96 @@ def test_psi_switched_off_at_boot_is_no_psi(tmp_path: Path, monkeypatch: pytest.
     assert sample.get("host_memory_used_ratio") is not None  # the rest of the cycle is there
 
 
-def test_throttled_container(tmp_path: Path) -> None:
-    _, sample = cycles("throttled", tmp_path)
-    assert sample.get("host_cgroup_cpu_limit_cores") == 1.0
-    assert sample.get("host_cgroup_cpu_usage_seconds_total") == 9.0
-    assert sample.get("host_cgroup_cpu_periods_total") == 1100
-    assert sample.get("host_cgroup_cpu_throttled_periods_total") == 160
-    assert sample.get("host_cgroup_cpu_throttled_seconds_total") == 8.0
-    assert sample.get("host_cgroup_cpu_throttled_periods_ratio") == pytest.approx(60 / 100)
-    assert sample.get("host_cgroup_cpu_limit_utilization_ratio") == pytest.approx(8.0 / 10 / 1.0)
+THROTTLED = {
+    "host_cgroup_cpu_limit_cores": 1.0,
+    "host_cgroup_cpu_usage_seconds_total": 9.0,
+    "host_cgroup_cpu_periods_total": 1100,
+    "host_cgroup_cpu_throttled_periods_total": 160,
+    "host_cgroup_cpu_throttled_seconds_total": 8.0,
+    "host_cgroup_cpu_throttled_periods_ratio": 60 / 100,
+    "host_cgroup_cpu_limit_utilization_ratio": 8.0 / 10 / 1.0,
+}
+
+
+def cgroup_series(sample: Sample) -> dict[str, float]:
+    return {name: value for (name, _), value in sample.values.items() if name.startswith("host_cgroup")}
+
+
+@pytest.mark.parametrize("tree", ["throttled", "throttled-v1"])
+def test_throttled_container(tree: str, tmp_path: Path) -> None:
+    """The same container on cgroup v2 and on v1. The v1 one has no cgroup namespace, as on Amazon
+    Linux 2 nodes: /proc/self/cgroup names the node's path of its cgroup, and the container's own
+    cgroup is what is mounted at /sys/fs/cgroup/cpu,cpuacct, where that path does not exist."""
+    _, sample = cycles(tree, tmp_path)
+    assert cgroup_series(sample) == pytest.approx(THROTTLED)
     assert sample.get("host_pressure_stall_avg10_ratio", "cpu", "some") == pytest.approx(0.6)
+
+
+V1_CONTAINER = Path("cgroup") / "cpu,cpuacct"
+
+
+def unlimited_quota(root: Path) -> None:
+    (root / V1_CONTAINER / "cpu.cfs_quota_us").write_text("-1\n")
+
+
+def node_with_separate_v1_hierarchies(root: Path) -> None:
+    """This machine's layout on a hybrid host: cpu and cpuacct mounted apart, the cgroup v2 mount
+    without the cpu controller (its root cpu.stat has usage only), and the agent in a cgroup below
+    the v1 roots, whose own files must not be read instead."""
+    path = "kubepods/burstable/pod1/ctr"
+    (root / "proc" / "self" / "cgroup").write_text(f"2:cpuacct:/{path}\n1:cpu:/{path}\n0::/\n")
+    cgroupfs = root / "cgroup"
+    cpu, cpuacct = cgroupfs / "cpu" / path, cgroupfs / "cpuacct" / path
+    cpu.mkdir(parents=True)
+    cpuacct.mkdir(parents=True)
+    for name in ("cpu.stat", "cpu.cfs_quota_us", "cpu.cfs_period_us"):
+        (root / V1_CONTAINER / name).rename(cpu / name)
+    (root / V1_CONTAINER / "cpuacct.usage").rename(cpuacct / "cpuacct.usage")
+    (root / V1_CONTAINER).rmdir()
+    (cgroupfs / "cpu" / "cpu.stat").write_text("nr_periods 0\nnr_throttled 0\nthrottled_time 0\n")
+    (cgroupfs / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (cgroupfs / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (cgroupfs / "cpuacct" / "cpuacct.usage").write_text("123000000000000\n")
+    (cgroupfs / "cpu.stat").write_text("usage_usec 500000000\n")
+
+
+def test_cgroup_v1_without_quota_has_throttling_but_no_limit(tmp_path: Path) -> None:
+    _, sample = cycles("throttled-v1", tmp_path, unlimited_quota)
+    unlimited = {name: value for name, value in THROTTLED.items() if "_limit_" not in name}
+    assert cgroup_series(sample) == pytest.approx(unlimited)
+
+
+def test_cgroup_v1_node_reads_its_cgroup_in_each_hierarchy(tmp_path: Path) -> None:
+    _, sample = cycles("throttled-v1", tmp_path, node_with_separate_v1_hierarchies)
+    assert cgroup_series(sample) == pytest.approx(THROTTLED)
+
+
+def test_cgroup_v2_with_the_cpu_controller_wins_over_v1(tmp_path: Path) -> None:
+    def with_idle_v1_too(root: Path) -> None:
+        membership = root / "proc" / "self" / "cgroup"
+        membership.write_text("4:cpu,cpuacct:/\n" + membership.read_text())
+        (root / V1_CONTAINER).mkdir(parents=True)
+        (root / V1_CONTAINER / "cpu.stat").write_text("nr_periods 7\nnr_throttled 0\nthrottled_time 0\n")
+        (root / V1_CONTAINER / "cpuacct.usage").write_text("5\n")
+
+    _, sample = cycles("throttled", tmp_path, with_idle_v1_too)
+    assert cgroup_series(sample) == pytest.approx(THROTTLED)
+
+
+def test_v1_cpu_stat_is_not_read_as_v2(tmp_path: Path) -> None:
+    """cgroupfs pointed at a v1 hierarchy of a hybrid host: its cpu.stat, where the v2 membership
+    leads, has no usage_usec and no throttled_usec. Reading it as v2 would report a cgroup that is
+    throttled in 60% of periods as throttled for 0 seconds; it is reported as no cgroup at all."""
+
+    def cgroupfs_is_the_cpu_hierarchy(root: Path) -> None:
+        (root / "proc" / "self" / "cgroup").write_text("2:cpuacct:/\n1:cpu:/\n0::/\n")
+        for path in (root / V1_CONTAINER).iterdir():
+            path.rename(root / "cgroup" / path.name)
+        (root / V1_CONTAINER).rmdir()
+
+    _, sample = cycles("throttled-v1", tmp_path, cgroupfs_is_the_cpu_hierarchy)
+    assert cgroup_series(sample) == {}
+    assert sample.get("host_memory_used_ratio") is not None  # the rest of the cycle is there
 
 
 def test_network_devices_are_the_nodes_without_per_pod_interfaces(tmp_path: Path) -> None:
@@ -252,3 +338,80 @@ def test_real_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     has_psi = Path("/proc/pressure/memory").exists()
     assert bool(sample.series("host_pressure_stall_avg10_ratio")) == has_psi
     assert all(not device.startswith(("loop", "ram")) for (device,) in sample.series("host_disk_busy_ratio"))
+
+
+V1_HIERARCHIES = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpuacct"))
+
+
+@contextmanager
+def v1_cpu_cgroup(quota_us: int, period_us: int) -> Iterator[list[Path]]:
+    """A new cgroup with this CPU quota in this machine's v1 cpu and cpuacct hierarchies (one
+    directory when they are mounted together), removed at the end, when its processes must be gone."""
+    if not all((hierarchy / "cgroup.procs").exists() for hierarchy in V1_HIERARCHIES):
+        # A kernel feature, not a tool the project installs: a cgroup v2-only machine has none.
+        pytest.skip("no cgroup v1 cpu and cpuacct hierarchies at /sys/fs/cgroup/cpu{,acct}")
+    if not all(os.access(hierarchy / "cgroup.procs", os.W_OK) for hierarchy in V1_HIERARCHIES):
+        message = "the cgroup v1 cpu and cpuacct hierarchies are not writable: the test runs as root"
+        if REQUIRE_TOOLS:
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"tierwatch-test-{secrets.token_hex(4)}"
+    groups = sorted({hierarchy.resolve() / name for hierarchy in V1_HIERARCHIES})
+    try:
+        for group in groups:
+            group.mkdir()
+        cpu = V1_HIERARCHIES[0].resolve() / name
+        (cpu / "cpu.cfs_period_us").write_text(str(period_us))
+        (cpu / "cpu.cfs_quota_us").write_text(str(quota_us))
+        yield groups
+    finally:
+        for group in groups:
+            if group.exists():
+                group.rmdir()
+
+
+def procfs_of(pid: int, root: Path) -> Path:
+    """This machine's procfs as the host collector reads it, except that ``self`` is process ``pid``,
+    so that the collector reads that process's cgroup as its own."""
+    view = root / "proc"
+    view.mkdir()
+    for entry in ("stat", "loadavg", "meminfo", "vmstat", "diskstats", "pressure", "1"):
+        (view / entry).symlink_to(Path("/proc") / entry)
+    (view / "self").symlink_to(Path("/proc") / str(pid))
+    return view
+
+
+def test_real_cgroup_v1_quota_throttles_a_busy_process(tmp_path: Path) -> None:
+    """A process that would use a whole core, in a v1 cgroup allowed 0.1 core: nearly every CFS
+    period ends throttled, it uses its whole quota, and CPUThrottled holds."""
+    with (
+        v1_cpu_cgroup(quota_us=10_000, period_us=100_000) as groups,
+        running(busy := start_python(15)),
+    ):
+        for group in groups:
+            (group / "cgroup.procs").write_text(str(busy.pid))
+        collector = HostCollector("sidecar", procfs_of(busy.pid, tmp_path))
+        first = collector.collect()
+        start = time.monotonic()
+        time.sleep(2.5)
+        second = collector.collect()
+        elapsed = time.monotonic() - start
+
+    def increase(name: str) -> float:
+        before, after = first.get(name), second.get(name)
+        assert before is not None, name
+        assert after is not None, name
+        return after - before
+
+    assert second.get("host_cgroup_cpu_limit_cores") == 0.1
+    throttled = second.get("host_cgroup_cpu_throttled_periods_ratio")
+    assert throttled is not None
+    assert throttled > 0.5
+    # one period per 0.1 s while the process wants CPU, throttled for at most the rest of each
+    assert increase("host_cgroup_cpu_periods_total") == pytest.approx(elapsed / 0.1, abs=3)
+    assert elapsed * 0.4 < increase("host_cgroup_cpu_throttled_seconds_total") < elapsed
+    used = second.get("host_cgroup_cpu_limit_utilization_ratio")
+    assert used == pytest.approx(1.0, abs=0.3)
+    verdicts = {v.rule.name: v for v in classify({("host", "sidecar"): (first, second)}, RULES, SIGNALS)}
+    assert verdicts["CPUThrottled"].truth is True
+    assert verdicts["CPUThrottled"].evidence["host_cpu_throttled_ratio"] == throttled

@@ -55,18 +55,33 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "net/dev": procfs.parse_net_dev,
     "pressure": lambda text: procfs.parse_pressure(text, "pressure/cpu"),
     "cgroup": procfs.parse_cgroup_v2_path,
+    "cgroup v1": procfs.parse_cgroup_v1_paths,
     "cpu.max": procfs.parse_cpu_max,
+    "cpu.cfs_quota_us": lambda text: procfs.parse_cfs_quota(*text.partition(" ")[::2]),
+    "cpuacct.usage": lambda text: procfs.parse_integer(text, "cpuacct.usage"),
 }
 # Lines in the shape of each file, with numbers of any size and sign where the kernel writes digits.
+LINE_STARTS = (
+    "cpu",
+    "cpu0",
+    "MemTotal:",
+    "sda",
+    "eth0:",
+    "some",
+    "full",
+    "0::",
+    "4:cpu,cpuacct:",
+    "nr_periods",
+    "throttled_time",
+    "",
+)
 number_words = st.lists(
     (NUMBERS | st.integers()).map(str) | st.sampled_from(["max", "kB", "-", ""]), max_size=18
 )
 integer_word = (st.integers() | ODD_INTS).map(str)  # "quota period" of cpu.max
 shaped_lines = st.lists(
     st.tuples(
-        st.sampled_from(
-            ["cpu", "cpu0", "MemTotal:", "sda", "eth0:", "some", "full", "0::", "nr_periods", ""]
-        ),
+        st.sampled_from(LINE_STARTS),
         number_words,
         st.sampled_from(["", "avg10=", "total="]),
     ).map(lambda parts: " ".join([parts[0], *(parts[2] + word for word in parts[1])])),
@@ -109,7 +124,32 @@ class Numbers(Counters):
         return str(self._draw(mostly(st.floats(0, 200).map(lambda x: round(x, 2)), NUMBERS)))
 
 
-def proc_files(n: Numbers) -> dict[str, str]:
+# The agent's cgroup: v2, or v1 with its cpu and cpuacct hierarchy mounted together or apart.
+CGROUPS = ("v2", "v1 cpu,cpuacct", "v1 cpu and cpuacct")
+
+
+def cgroup_files(n: Numbers, version: str) -> dict[str, str]:
+    if version == "v2":
+        return {
+            "proc/self/cgroup": "0::/pod",
+            "cgroup/pod/cpu.stat": "\n".join(
+                f"{key} {n(key)}" for key in ("usage_usec", "nr_periods", "nr_throttled", "throttled_usec")
+            ),
+            "cgroup/pod/cpu.max": f"{n('quota')} {n('period')}",
+        }
+    cpu, cpuacct = ("cpu,cpuacct", "cpu,cpuacct") if version == "v1 cpu,cpuacct" else ("cpu", "cpuacct")
+    return {
+        "proc/self/cgroup": f"3:{cpuacct}:/pod\n2:{cpu}:/pod\n1:name=systemd:/pod\n0::/",
+        f"cgroup/{cpu}/pod/cpu.stat": "\n".join(
+            f"{key} {n(key)}" for key in ("nr_periods", "nr_throttled", "throttled_time")
+        ),
+        f"cgroup/{cpu}/pod/cpu.cfs_quota_us": str(n("quota")),
+        f"cgroup/{cpu}/pod/cpu.cfs_period_us": str(n("period")),
+        f"cgroup/{cpuacct}/pod/cpuacct.usage": str(n("usage")),
+    }
+
+
+def proc_files(n: Numbers, cgroup: str) -> dict[str, str]:
     """The text of every file the collector reads, relative to the tree's root."""
     cpu_columns = 10
     cpu_lines = [
@@ -129,12 +169,8 @@ def proc_files(n: Numbers) -> dict[str, str]:
         "proc/vmstat": "\n".join(f"{key} {n(key)}" for key in ("pswpin", "pswpout", "pgmajfault")),
         "proc/diskstats": f"   8       0 sda {disk}\n   7       0 loop0 {disk}",
         "proc/1/net/dev": f"Inter-|   Receive\n face |bytes\n  eth0: {net}\n    lo: {net}",
-        "proc/self/cgroup": "0::/pod",
-        "cgroup/pod/cpu.stat": "\n".join(
-            f"{key} {n(key)}" for key in ("usage_usec", "nr_periods", "nr_throttled", "throttled_usec")
-        ),
-        "cgroup/pod/cpu.max": f"{n('quota')} {n('period')}",
         "sys/block/sda/dev": "8:0",
+        **cgroup_files(n, cgroup),
     }
     for resource in ("cpu", "memory", "io"):
         files[f"proc/pressure/{resource}"] = "\n".join(
@@ -149,10 +185,11 @@ def host_cycles(draw: st.DrawFn) -> list[tuple[dict[str, str | None], float]]:
     """Consecutive cycles: (file texts, None for a removed file; seconds since the previous cycle).
     Now and then one file of a cycle is removed or holds arbitrary text instead."""
     n = Numbers(draw)
+    cgroup = draw(st.sampled_from(CGROUPS))
     cycles: list[tuple[dict[str, str | None], float]] = []
     for cycle in range(draw(st.integers(1, 3))):
         n.cycle = cycle
-        files: dict[str, str | None] = dict(proc_files(n))
+        files: dict[str, str | None] = dict(proc_files(n, cgroup))
         fault = draw(mostly(st.none(), st.sampled_from(FAULTS)))
         spoilt = draw(st.sampled_from(sorted(files)))
         if fault == "removed":

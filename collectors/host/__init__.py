@@ -6,14 +6,14 @@ computes every rate from counter deltas between its own cycles.
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from collectors.base import Collector, CollectorError, Reason, Sample, SampleBuilder
 from collectors.deltas import Deltas
-from collectors.host import procfs
+from collectors.host import cgroup, procfs
+from collectors.host.files import read_required, read_text
 from collectors.host.metrics import HOST_METRICS, HOST_READINGS
 
 Clock = Callable[[], float]
@@ -57,32 +57,6 @@ def cpu_shares(deltas: Deltas, key: str, ticks: procfs.CpuTicks) -> tuple[float,
     if busy is None or iowait is None or not total:
         return None
     return within(busy, total) / total, within(iowait, total) / total
-
-
-def read_text(path: Path, *, denied_is_absent: bool = False) -> str | None:
-    """The file's text, or None when it does not exist (an optional source such as PSI) or the
-    kernel does not support reading it (PSI built in but switched off with psi=0 answers so).
-    ``denied_is_absent``: a refusal means the same as a missing file, for another process's files
-    that a procfs mounted with hidepid=1 (noaccess) shows but refuses with EPERM."""
-    try:
-        return path.read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        return None
-    except PermissionError as error:
-        if denied_is_absent:
-            return None
-        raise CollectorError(Reason.PERMISSION, f"cannot read {path}: {error.strerror}") from None
-    except OSError as error:
-        if error.errno == errno.EOPNOTSUPP:
-            return None
-        raise CollectorError(Reason.OTHER, f"cannot read {path}: {error.strerror}") from None
-
-
-def read_required(path: Path) -> str:
-    text = read_text(path)
-    if text is None:
-        raise CollectorError(Reason.OTHER, f"{path} does not exist; is procfs mounted there?")
-    return text
 
 
 class HostCollector(Collector):
@@ -220,31 +194,24 @@ class HostCollector(Collector):
                 )
 
     def _cgroup(self, out: SampleBuilder, elapsed: float | None) -> None:
-        membership = read_text(self._proc / "self" / "cgroup")
-        path = procfs.parse_cgroup_v2_path(membership) if membership else None
-        if path is None:
+        reading = cgroup.read(self._proc, self._cgroupfs)
+        if reading is None:
             return
-        directory = self._cgroupfs / path.lstrip("/")
-        stat_text = read_text(directory / "cpu.stat")
-        if stat_text is None:
-            return
-        stat = procfs.parse_key_values(stat_text, "cpu.stat")
-        usage = stat.get("usage_usec")
+        usage = reading.usage_seconds
         if usage is not None:
-            out.set("host_cgroup_cpu_usage_seconds_total", usage / 1e6)
-        max_text = read_text(directory / "cpu.max")
-        limit = procfs.parse_cpu_max(max_text) if max_text else None
-        if limit is not None:
-            out.set("host_cgroup_cpu_limit_cores", limit)
+            out.set("host_cgroup_cpu_usage_seconds_total", usage)
+        if reading.limit_cores is not None:
+            out.set("host_cgroup_cpu_limit_cores", reading.limit_cores)
             used = self._deltas.delta("cgroup_usage", usage) if usage is not None else None
             if used is not None and elapsed:
-                out.ratio("host_cgroup_cpu_limit_utilization_ratio", used / 1e6 / elapsed, limit)
-        if "nr_periods" not in stat:
-            return  # the cpu controller is not enabled for this cgroup
-        out.set("host_cgroup_cpu_periods_total", stat["nr_periods"])
-        out.set("host_cgroup_cpu_throttled_periods_total", stat.get("nr_throttled", 0))
-        out.set("host_cgroup_cpu_throttled_seconds_total", stat.get("throttled_usec", 0) / 1e6)
-        periods = self._deltas.delta("cgroup_periods", stat["nr_periods"])
-        throttled = self._deltas.delta("cgroup_throttled", stat.get("nr_throttled", 0))
+                out.ratio("host_cgroup_cpu_limit_utilization_ratio", used / elapsed, reading.limit_cores)
+        stat = reading.throttling
+        if stat is None:
+            return
+        out.set("host_cgroup_cpu_periods_total", stat.periods)
+        out.set("host_cgroup_cpu_throttled_periods_total", stat.throttled_periods)
+        out.set("host_cgroup_cpu_throttled_seconds_total", stat.throttled_seconds)
+        periods = self._deltas.delta("cgroup_periods", stat.periods)
+        throttled = self._deltas.delta("cgroup_throttled", stat.throttled_periods)
         if periods is not None and throttled is not None:
             out.ratio("host_cgroup_cpu_throttled_periods_ratio", within(throttled, periods), periods)

@@ -179,12 +179,41 @@ def parse_cgroup_v2_path(text: str) -> str | None:
     return None
 
 
+def parse_cgroup_v1_paths(text: str) -> dict[str, tuple[str, str]]:
+    """Each cgroup v1 controller of /proc/<pid>/cgroup with its hierarchy and path: the line
+    ``4:cpu,cpuacct:/kubepods/pod1`` gives ``cpu`` and ``cpuacct`` the hierarchy ``cpu,cpuacct``,
+    which is also the name systemd and container runtimes mount it under."""
+    paths = {}
+    for line in text.splitlines():
+        _, _, rest = line.partition(":")
+        hierarchy, sep, path = rest.partition(":")
+        if sep and hierarchy:
+            for controller in hierarchy.split(","):
+                paths[controller] = (hierarchy, path.strip() or "/")
+    return paths
+
+
+def cores(quota: int, period: int) -> float:
+    if period <= 0:
+        raise ValueError(f"period {period} is not positive")
+    return quota / period
+
+
 def parse_cpu_max(text: str) -> float | None:
     """cgroup v2 cpu.max ``quota period`` as cores; None when unlimited."""
     with parsing("cpu.max"):
         quota, period = text.split()[:2]
-        if quota == "max":
-            return None
-        if integer(period) <= 0:
-            raise ValueError(f"period {period} is not positive")
-        return integer(quota) / integer(period)
+        return None if quota == "max" else cores(integer(quota), integer(period))
+
+
+def parse_cfs_quota(quota_text: str, period_text: str) -> float | None:
+    """cgroup v1 cpu.cfs_quota_us and cpu.cfs_period_us as cores; None when unlimited (quota -1)."""
+    with parsing("cpu.cfs_quota_us, cpu.cfs_period_us"):
+        quota, period = integer(quota_text.strip()), integer(period_text.strip())
+        return None if quota < 0 else cores(quota, period)
+
+
+def parse_integer(text: str, source: str) -> int:
+    """A file holding one number, as cgroup v1 cpuacct.usage."""
+    with parsing(source):
+        return integer(text.strip())

@@ -37,7 +37,9 @@ Node agent: the host collector only, reading the node's /proc and /sys where the
 host.name is not here: it comes from the node name through TIERWATCH_HOST__NAME.
 cgroupfs is the container's own /sys/fs/cgroup, not the node's: with cgroup v2 the container has its
 own cgroup namespace, so /proc/self/cgroup names its cgroup as "/", which is the root of the
-container's cgroup mount but would be the node's root cgroup under /host/sys/fs/cgroup.
+container's cgroup mount but would be the node's root cgroup under /host/sys/fs/cgroup. On cgroup v1
+the runtime mounts the container's own cgroup at each hierarchy's root, which the agent reads when the
+path /proc/self/cgroup names is not under it.
 */}}
 {{- define "tierwatch.nodeConfig" -}}
 {{- $config := include "tierwatch.sharedConfig" (dict "root" . "extra" .Values.nodeAgent.config "where" "nodeAgent.config") | fromYaml }}
