@@ -109,6 +109,7 @@ AUTOSCALING = (
     per_label("hpa_max_replicas", "kubernetes", "kubernetes_hpa_max_replicas", C, "hpa"),
     per_label_rise("hpa_replica_rise", "kubernetes", "kubernetes_hpa_current_replicas", "hpa", WINDOW),
     per_label("new_pods_not_ready", "kubernetes", "kubernetes_deployment_new_pods_not_ready", C, "hpa"),
+    per_label("pods_unscheduled", "kubernetes", "kubernetes_deployment_pods_unscheduled", C, "hpa"),
     per_label("old_pods_ready", "kubernetes", "kubernetes_deployment_old_pods_ready", C, "hpa"),
 )
 

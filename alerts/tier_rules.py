@@ -307,6 +307,7 @@ AUTOSCALING_RULES = (
             )
         },
         thresholds=thresholds(new_pods_not_ready=1, old_pods_ready=1),
+        context=("pods_unscheduled",),
         for_seconds=120,
         keep_firing_seconds=60,
         summary="{target}: {new_pods_not_ready} pods from the recent scale-up are not ready while "

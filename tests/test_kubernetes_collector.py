@@ -7,6 +7,8 @@ API server of tests/fixtures/kube_api.py, which serves recorded objects of names
 - HPA api: min == max == 3, ScalingLimited True (TooFewReplicas), a set-based selector.
 - HPA worker: an External metric and no status.currentMetrics yet.
 - HPA reports: ScalingActive False (metrics unavailable); an evicted pod must not count.
+
+pods-unschedulable.json holds two of web's scale-up pods as they were while no node had room for them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,12 @@ import pytest
 
 from agent.config import ConfigError
 from agent.config.loader import validate_config
+from alerts.classifier import classify
+from alerts.table import RULES, SIGNALS
 from collectors.base import CollectorError, Reason, Sample
 from collectors.kubernetes import KubernetesCollector, build
 from tests.fixtures.app_server import AppServer, LoadPlan, run_load
-from tests.fixtures.kube_api import NAMESPACE, TOKEN, KubeApiServer
+from tests.fixtures.kube_api import NAMESPACE, RECORDED_AT, TOKEN, KubeApiServer, load, shift_times
 from tests.support import REPO, AgentProcess, free_port, value
 
 
@@ -89,6 +94,7 @@ def test_deployment_mid_scale_up_with_unready_new_pods(sample: Sample) -> None:
     assert sample.get("kubernetes_deployment_old_pods_ready", *web) == 3
     assert sample.get("kubernetes_deployment_old_pods_not_ready", *web) == 0
     assert sample.get("kubernetes_deployment_new_pods_not_ready_ratio", *web) == 1
+    assert sample.get("kubernetes_deployment_pods_unscheduled", *web) == 0
     # 1 + 2 + 2 + 1; not the terminating pod's 4 nor the canary's 7
     assert sample.get("kubernetes_deployment_container_restarts", *web) == 6
 
@@ -100,6 +106,42 @@ def test_pods_split_by_the_configured_window(tmp_path: Path, kube_api: KubeApiSe
     assert sample.get("kubernetes_deployment_old_pods_not_ready", *web) == 3
     assert sample.get("kubernetes_deployment_old_pods_ready", *web) == 3
     assert sample.get("kubernetes_deployment_new_pods_not_ready_ratio", *web) is None  # no new pod
+
+
+def test_pods_waiting_for_a_node_are_unscheduled_not_unready(tmp_path: Path, kube_api: KubeApiServer) -> None:
+    """Two of web's three scale-up pods as recorded while the cluster had no room for them (Pending,
+    PodScheduled False, Unschedulable): their not being ready says nothing about the app, so they
+    are not new unready pods, which NewInstancesUnhealthy would blame on the app's dependencies."""
+    waiting = {pod["metadata"]["name"]: pod for pod in load("pods-unschedulable.json")["items"]}
+    waiting = shift_times(waiting, datetime.now(UTC) - RECORDED_AT)
+    served = kube_api.lists["pods"]["items"]
+    served[:] = [waiting.get(pod["metadata"]["name"], pod) for pod in served]
+    sample = kube_collector(tmp_path, kube_api).collect()
+    web = ("web", "web")
+    assert sample.get("kubernetes_deployment_pods_unscheduled", *web) == 2
+    assert sample.get("kubernetes_deployment_new_pods_not_ready", *web) == 1  # w4jp8 is on a node
+    assert sample.get("kubernetes_deployment_new_pods_ready", *web) == 0
+    assert sample.get("kubernetes_deployment_old_pods_ready", *web) == 3
+    assert sample.get("kubernetes_deployment_old_pods_not_ready", *web) == 0
+    assert sample.get("kubernetes_deployment_new_pods_not_ready_ratio", *web) == 1
+    assert sample.get("kubernetes_deployment_pods_unscheduled", "api", "api") == 0
+    # The one placed pod that is not ready still holds the rule; the evidence shows the waiting two.
+    verdicts = classify({("kubernetes", NAMESPACE): (sample,)}, RULES, SIGNALS)
+    (unhealthy,) = [
+        v for v in verdicts if v.rule.name == "NewInstancesUnhealthy" and v.target.endswith("/web")
+    ]
+    assert unhealthy.truth
+    assert unhealthy.evidence["pods_unscheduled"] == 2
+    # Still unscheduled past the new-pod window (no room at all): not old unready pods either.
+    sample = kube_collector(tmp_path, kube_api, new_pod_window=30).collect()
+    assert sample.get("kubernetes_deployment_pods_unscheduled", *web) == 2
+    assert sample.get("kubernetes_deployment_old_pods_not_ready", *web) == 1
+    # Just created, before the scheduler has tried them, pods have no conditions at all.
+    for pod in waiting.values():
+        del pod["status"]["conditions"]
+    sample = kube_collector(tmp_path, kube_api).collect()
+    assert sample.get("kubernetes_deployment_pods_unscheduled", *web) == 2
+    assert sample.get("kubernetes_deployment_new_pods_not_ready", *web) == 1
 
 
 def test_hpa_with_min_equal_to_max(sample: Sample) -> None:

@@ -152,3 +152,4 @@ def test_recorded_hpas_name_the_ceiling_and_unhealthy_new_pods(
         unhealthy = alerts["NewInstancesUnhealthy"]
         assert unhealthy["evidence"]["new_pods_not_ready"] == 3
         assert unhealthy["evidence"]["old_pods_ready"] == 3
+        assert unhealthy["evidence"]["pods_unscheduled"] == 0  # all placed on nodes: not waiting for room

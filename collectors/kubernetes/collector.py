@@ -147,8 +147,11 @@ class KubernetesCollector(Collector):
             for item in self._api.list_pods(deployment.selector, deadline)
             if (pod := parse_pod(item)) is not None and pod.owner_uid in replica_sets
         ]
-        new = [pod for pod in pods if now - pod.created < self._new_pod_window]
-        old = [pod for pod in pods if now - pod.created >= self._new_pod_window]
+        # Pods waiting for a node are counted apart: ready or not is a question for scheduled pods.
+        scheduled = [pod for pod in pods if pod.scheduled]
+        out.set("kubernetes_deployment_pods_unscheduled", len(pods) - len(scheduled), *labels)
+        new = [pod for pod in scheduled if now - pod.created < self._new_pod_window]
+        old = [pod for pod in scheduled if now - pod.created >= self._new_pod_window]
         new_unready = sum(not pod.ready for pod in new)
         out.set("kubernetes_deployment_new_pods_ready", len(new) - new_unready, *labels)
         out.set("kubernetes_deployment_new_pods_not_ready", new_unready, *labels)

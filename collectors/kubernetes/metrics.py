@@ -37,16 +37,34 @@ KUBERNETES_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("kubernetes_deployment_ready_replicas", G, "Ready replicas.", HD),
     MetricSpec("kubernetes_deployment_available_replicas", G, "Replicas ready for minReadySeconds.", HD),
     MetricSpec("kubernetes_deployment_unavailable_replicas", G, "Replicas still missing or unready.", HD),
-    MetricSpec("kubernetes_deployment_new_pods_ready", G, "Ready pods younger than new_pod_window.", HD),
     MetricSpec(
-        "kubernetes_deployment_new_pods_not_ready", G, "Unready pods younger than new_pod_window.", HD
+        "kubernetes_deployment_pods_unscheduled",
+        G,
+        "Pods not yet placed on a node (PodScheduled not True), of any age; in no ready count.",
+        HD,
     ),
-    MetricSpec("kubernetes_deployment_old_pods_ready", G, "Ready pods older than new_pod_window.", HD),
-    MetricSpec("kubernetes_deployment_old_pods_not_ready", G, "Unready pods older than new_pod_window.", HD),
+    MetricSpec(
+        "kubernetes_deployment_new_pods_ready", G, "Scheduled ready pods younger than new_pod_window.", HD
+    ),
+    MetricSpec(
+        "kubernetes_deployment_new_pods_not_ready",
+        G,
+        "Scheduled unready pods younger than new_pod_window.",
+        HD,
+    ),
+    MetricSpec(
+        "kubernetes_deployment_old_pods_ready", G, "Scheduled ready pods older than new_pod_window.", HD
+    ),
+    MetricSpec(
+        "kubernetes_deployment_old_pods_not_ready",
+        G,
+        "Scheduled unready pods older than new_pod_window.",
+        HD,
+    ),
     MetricSpec(
         "kubernetes_deployment_new_pods_not_ready_ratio",
         G,
-        "Unready share of the pods younger than new_pod_window; absent without such pods.",
+        "Unready share of the scheduled pods younger than new_pod_window; absent without such pods.",
         HD,
     ),
     MetricSpec(
@@ -59,6 +77,7 @@ KUBERNETES_READINGS: tuple[Reading, ...] = (
     Reading(U, "usage/target", "kubernetes_hpa_usage_to_target_ratio", Unit.RATIO),
     Reading(S, "HPAs at max", "kubernetes_hpa_at_max_replicas", Unit.COUNT, "sum"),
     Reading(S, "new pods unready", "kubernetes_deployment_new_pods_not_ready", Unit.COUNT, "sum"),
+    Reading(S, "pods unscheduled", "kubernetes_deployment_pods_unscheduled", Unit.COUNT, "sum"),
     Reading(E, "unavailable", "kubernetes_deployment_unavailable_replicas", Unit.COUNT, "sum"),
     Reading(E, "restarts", "kubernetes_deployment_container_restarts", Unit.COUNT, "sum"),
 )

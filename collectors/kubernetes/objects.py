@@ -322,9 +322,19 @@ def uid(obj: Any) -> str:
 class Pod:
     name: str
     created: float
+    # Placed on a node: until then a pod waits for room (a node the cluster autoscaler adds, or
+    # none), and its not being ready says nothing about the app.
+    scheduled: bool
     ready: bool
     restarts: int
     owner_uid: str | None
+
+
+def _condition_true(conditions: list[Any], condition_type: str) -> bool:
+    return any(
+        get(condition, "type") == condition_type and get(condition, "status") == "True"
+        for condition in conditions
+    )
 
 
 def parse_pod(obj: Any) -> Pod | None:
@@ -335,11 +345,16 @@ def parse_pod(obj: Any) -> Pod | None:
         return None
     try:
         created = timestamp(_str(obj, "metadata", "creationTimestamp"), "metadata.creationTimestamp")
-        ready = any(
-            get(condition, "type") == "Ready" and get(condition, "status") == "True"
-            for condition in _list(obj, "status", "conditions")
-        )
+        conditions = _list(obj, "status", "conditions")
         restarts = sum(_count(status, "restartCount") for status in _list(obj, "status", "containerStatuses"))
     except ObjectError as error:
         raise ObjectError(f"Pod {name}: {error}") from None
-    return Pod(name, created, ready, restarts, controller_uid(obj))
+    return Pod(
+        name,
+        created,
+        # A pod just created has no conditions until the scheduler has tried it: not yet scheduled.
+        _condition_true(conditions, "PodScheduled"),
+        _condition_true(conditions, "Ready"),
+        restarts,
+        controller_uid(obj),
+    )
