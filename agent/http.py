@@ -14,6 +14,7 @@ from email.parser import Parser
 from http import HTTPStatus
 from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from agent.exporter import MetricsPage
 from agent.store import Store
@@ -27,6 +28,14 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_LINE = 65536
 MAX_HEADERS = 100
 IDLE_TIMEOUT_SECONDS = 300.0
+# Each open connection holds a thread (about 25 KiB resident) until it closes or idles out: past this
+# many at once, a newcomer gets a 503 and is closed, so that a client opening connections without end
+# cannot grow the agent on the host it watches. Prometheus keeps one per scraping server.
+MAX_CONNECTIONS = 64
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 27\r\nConnection: close\r\n\r\ntoo many open connections\r\n"
+)
 # A header field that the email parser reads as name, colon, value and nothing else.
 SIMPLE_FIELD = re.compile(rb"[!-9;-~]+:[^\r\n]*\r?\n")
 
@@ -46,6 +55,8 @@ class AgentServer(ThreadingHTTPServer):
         self.alerts = alerts
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refusing = False
         # serve_forever() wakes every half second to look for a shutdown request; this loop sleeps
         # until a connection arrives or stop() writes to this pair.
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -56,6 +67,36 @@ class AgentServer(ThreadingHTTPServer):
         # resolver's libraries and the IDNA codec loaded for good (0.3 MiB).
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        self._refusing = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing else will give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        if not self._refusing:
+            log.warning(
+                "%d HTTP connections are open, the most served at once: refusing more", MAX_CONNECTIONS
+            )
+            self._refusing = True
+        try:
+            request.setblocking(False)  # the accepting thread never waits on a client
+            request.send(BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)

@@ -23,6 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+import agent.http
 from agent.exporter import MetricsPage, StoreCollector, family_text
 from agent.http import AgentServer, _Handler
 from agent.scheduler import CollectorRunner, Round, Scheduler
@@ -165,6 +166,39 @@ def test_an_idle_connection_is_closed(servers: tuple[int, int], monkeypatch: pyt
         started = time.monotonic()
         assert connection.recv(1) == b""  # closed by the agent, not by this client's 10 s
     assert time.monotonic() - started < 5
+
+
+def test_connections_past_the_limit_get_a_503_not_a_thread(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(agent.http, "MAX_CONNECTIONS", 4)  # read when a server is made
+    store = Store()
+    server = AgentServer(("127.0.0.1", 0), MetricsPage(store, {}), store)
+    server.start()
+    port = server.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="tierwatch.http"):
+            for _ in range(2):  # the server accepts in order: every held one has its thread by now
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+                    assert refused.recv(65536).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert len(caplog.records) == 1  # once, not per refused connection
+        held.pop().close()
+
+        def served() -> bool:
+            try:
+                return exchange(port, GET).endswith(b"ok\n")
+            except OSError:  # refused while the request was unread: reset
+                return False
+
+        deadline = time.monotonic() + 5
+        while not (answered := served()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the closed one's thread has ended
+        assert answered
+    finally:
+        for connection in held:
+            connection.close()
+        server.stop()
 
 
 def test_one_write_per_response(servers: tuple[int, int]) -> None:
