@@ -75,13 +75,14 @@ def latest(
     """The metric's value in the newest sample (one series: the given label values)."""
     wanted = tuple((labels or {}).values())
     series = selector(metric, labels)
-    promql = (lambda extra: f"max by (target) ({series(extra)})") if labels else series
+    # Aggregated even for one series: the labels a scrape adds (job, instance, pod) must not reach a
+    # rule's result, or two parts of an "any of" that both hold would give two alerts for one target.
     return Signal(
         name,
         Scope.TARGET,
         subject,
         unit,
-        promql,
+        lambda extra: f"max by (target) ({series(extra)})",
         compute_target=lambda window: window[-1].get(metric, *wanted),
     )
 

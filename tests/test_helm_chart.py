@@ -545,7 +545,7 @@ def test_prometheus_rules_carry_the_configured_overrides(helm: str, tmp_path: Pa
     docs = documents(template(helm, "--values", values, "--set-file", f"prometheusRule.file={rules_file}"))
     rules = {rule["alert"]: rule for rule in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert "CacheIneffective" not in rules
-    assert "tierwatch_postgres_load_on_cpu_per_vcpu >= 0.5" in rules["DatabaseBound"]["expr"]
+    assert "(tierwatch_postgres_load_on_cpu_per_vcpu) >= 0.5" in rules["DatabaseBound"]["expr"]
 
 
 # --- sidecar ------------------------------------------------------------------------------------

@@ -356,3 +356,63 @@ def test_check_refuses_a_duration_it_cannot_wait_for() -> None:
         result = tierwatch("check", "--duration", duration)
         assert result.returncode == 2, (duration, result.stderr)  # never 1, "bottleneck found"
         assert "argument --duration" in result.stderr
+
+
+def test_one_alert_per_target_whatever_labels_the_scrape_adds(tmp_path: Path) -> None:
+    """Prometheus adds job, instance, pod ... to each scraped series. An alert is still one per target,
+    labelled as the agent labels it: when iowait and the disk both hold, and when two agent pods (a
+    rolling update) export the same database."""
+
+    def scraped(pod: str) -> str:
+        return f'job="tierwatch",instance="{pod}:10090",pod="{pod}"'
+
+    def point(metric: str, labels: str, values: str) -> dict[str, str]:
+        return {"series": f"tierwatch_{metric}{{{labels}}}", "values": values}
+
+    old, new = scraped("tierwatch-old"), scraped("tierwatch-new")
+    series = [
+        point("host_cpu_iowait_ratio", f'target="node-a",{old}', "0.3x20"),
+        point("host_disk_busy_ratio", f'target="node-a",device="sda",{old}', "0.95x20"),
+    ]
+    for pod in (old, new):
+        series += [
+            point("postgres_load_average_active_sessions", f'target="db",wait_class="lock",{pod}', "3x20"),
+            point("postgres_load_lock_wait_ratio", f'target="db",{pod}', "0.9x20"),
+            point("postgres_blocked_sessions", f'target="db",{pod}', "9x20"),
+        ]
+
+    def fired(name: str, tier: str, target: str, summary: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "exp_labels": {"severity": "warning", "tier": tier, "target": target},
+                "exp_annotations": {
+                    "summary": summary,
+                    "remediation": _remediation(name),
+                    "runbook_url": f"docs/alerts/{name}.md",
+                },
+            }
+        ]
+
+    disk = "node-a waits on disk: iowait 30%, busiest disk 95% busy, io stall unknown"
+    locks = "db: sessions wait on locks: 3 sessions on average (90% of the DB load), 9 blocked"
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "150s",
+                        "alertname": "DiskIOBound",
+                        "exp_alerts": fired("DiskIOBound", "host", "node-a", disk),
+                    },
+                    {
+                        "eval_time": "150s",
+                        "alertname": "LockContention",
+                        "exp_alerts": fired("LockContention", "database", "db", locks),
+                    },
+                ],
+            }
+        ],
+    )
