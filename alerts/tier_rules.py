@@ -280,9 +280,10 @@ AUTOSCALING_RULES = (
         "{hpa_usage_to_target} of its target",
         remediation=(
             "The autoscaler wants more replicas than maxReplicas allows, so the app tier runs above its "
-            "target and latency grows with load. No shared tier behind it is saturated, so raising "
-            "maxReplicas (after checking the cluster has room and the connection budget holds) or "
-            "giving each pod more CPU is the fix. Check the HPA's target too: a target set too low "
+            "target and latency grows with load. No shared tier tierwatch watches is saturated, so "
+            "raising maxReplicas (after checking the cluster has room and the connection budget holds) "
+            "or giving each pod more CPU is the fix; a tier it does not watch, or cannot read now "
+            "(see the evidence), check by hand first. Check the HPA's target too: a target set too low "
             "reaches the ceiling early."
         ),
         remediation_if=(
