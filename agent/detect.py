@@ -44,7 +44,8 @@ def detect_local() -> dict[str, Any]:
     """Config sections for what answers locally; logs what was and was not found."""
     found: dict[str, Any] = {}
     socket_path = POSTGRES_SOCKET_DIR / f".s.PGSQL.{POSTGRES_PORT}"
-    if socket_path.exists() and postgres_answers(socket.AF_UNIX, str(socket_path)):
+    # No exists() first: it raises when the agent's user may not search the directory (0750, say).
+    if postgres_answers(socket.AF_UNIX, str(socket_path)):
         dsn = f"host={POSTGRES_SOCKET_DIR} port={POSTGRES_PORT} dbname=postgres"
         found["postgres"] = [{"name": "local", "dsn": dsn}]
         log.info("auto-detected PostgreSQL on the local socket %s", socket_path)

@@ -13,7 +13,7 @@ import pytest
 from agent.config import ConfigError
 from agent.config.isolated import load_config_isolated
 from agent.config.loader import load_config
-from tests.support import REPO, AgentProcess
+from tests.support import REPO, AgentProcess, free_port
 
 SECRET = "Sup3r-S3cret-pw"
 GOOD = f"""
@@ -195,12 +195,49 @@ def test_a_password_file_that_is_not_text_is_named_not_quoted(tmp_path: Path) ->
             "postgres: [{name: orders, dsn: host=x}]\npgbouncer: [{name: orders, dsn: host=y}]\n",
             "pgbouncer: name orders is also a postgres target's",
         ),
+        # PyYAML keeps the last of two keys silently: the first section's targets would be dropped.
+        (
+            "postgres: [{name: orders, dsn: host=x}]\nhost: {}\npostgres: []\n",
+            "YAML syntax error at line 3, column 1: a key given twice in one mapping",
+        ),
+        (
+            "redis:\n  - name: r\n    url: redis://127.0.0.1:1\n    url: redis://127.0.0.1:2\n",
+            "YAML syntax error at line 4, column 5: a key given twice in one mapping",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_the_problem(tmp_path: Path, text: str, problem: str) -> None:
     result = run_check(write(tmp_path, text))
     assert result.returncode == 2, result.stderr
     assert problem in result.stderr
+
+
+def test_keys_merged_in_with_an_alias_may_be_overridden(tmp_path: Path) -> None:
+    text = "rules:\n  DatabaseBound: &slow {for: 60}\n  LockContention: {<<: *slow, for: 30}\n"
+    rules = load_config(write(tmp_path, text), environ={}).rules
+    assert (rules["DatabaseBound"].for_, rules["LockContention"].for_) == (60, 30)
+
+
+def test_a_file_that_is_not_utf8_is_named_not_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "tierwatch.yaml"
+    path.write_bytes(b"interval: 2\nredis: [{name: r, password: p\xe9ss\xff}]\n")
+    result = run_check(path)
+    assert result.returncode == 2
+    assert f"{path}: not UTF-8 text (line 2)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "0xe9" not in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n"])
+def test_an_empty_password_file_is_an_error(tmp_path: Path, content: str) -> None:
+    """Drivers take an empty password as none: the only sign would be failed logins."""
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_text(content)
+    url = f"redis://127.0.0.1:{free_port()}"
+    text = f"redis:\n  - name: r\n    url: {url}\n    password_file: {secret_file}\n"
+    result = run_check(write(tmp_path, text))
+    assert result.returncode == 2
+    assert f"redis[0]: password_file {secret_file}: is empty" in result.stderr
 
 
 def test_missing_file_exits_2(tmp_path: Path) -> None:
@@ -222,6 +259,41 @@ def test_password_in_dsn_never_appears_in_errors(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "postgres[0].dsn" in result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("password", ["[Xk9wQ2zL]", "{Xk9wQ2zL}", "{a, b}", "[a, b]"])
+def test_an_environment_value_is_text_where_the_field_is_text(tmp_path: Path, password: str) -> None:
+    """Flow syntax is read only for lists and mappings: a password may start with [ or {."""
+    environ = {
+        "TIERWATCH_REDIS__SESSIONS__PASSWORD": password,
+        "TIERWATCH_APP__API__PROCESS": "[g]unicorn",
+        "TIERWATCH_KUBERNETES__HPAS": "[api, worker]",
+        "TIERWATCH_ALERTMANAGER": "{labels: {team: db}}",
+    }
+    config = load_config(write(tmp_path, GOOD), environ=environ)
+    assert config.redis[0].password is not None
+    assert config.redis[0].password.get_secret_value() == password
+    assert config.app[0].process == "[g]unicorn"
+    assert config.kubernetes.hpas == ("api", "worker")
+    assert config.alertmanager.labels == {"team": "db"}
+
+
+def test_an_entry_name_is_found_as_a_variable_name_spells_it(tmp_path: Path) -> None:
+    """A shell's variable names hold none of . : - (the characters a target name may have)."""
+    text = (
+        "redis:\n  - {name: cache.eu-west:1, url: redis://a}\n  - {name: cache_eu_west_1, url: redis://b}\n"
+        "  - {name: sessions.eu, url: redis://c}\n"
+    )
+    environ = {
+        "TIERWATCH_REDIS__CACHE_EU_WEST_1__URL": "redis://b2",
+        "TIERWATCH_REDIS__SESSIONS_EU__URL": "redis://c2",
+    }
+    config = load_config(write(tmp_path, text), environ=environ)
+    assert [(entry.name, entry.url.get_secret_value()) for entry in config.redis] == [
+        ("cache.eu-west:1", "redis://a"),  # the entry spelled exactly as the variable is the one set
+        ("cache_eu_west_1", "redis://b2"),
+        ("sessions.eu", "redis://c2"),
+    ]
 
 
 def test_unknown_environment_key_is_named(tmp_path: Path) -> None:
@@ -326,6 +398,15 @@ def test_a_yaml_error_never_quotes_an_unquoted_password(tmp_path: Path, text: st
         ("interval: 1e12\n", "interval: must be at most 86400 seconds"),
         ("timeout: 1e300\n", "timeout: must be at most 86400 seconds"),
         ("app: [{name: a, process: 'a{99999999999}'}]\n", "process: not a valid regular expression"),
+        ("interval: " + "[" * 5000 + "\n", "lists or mappings nested too deeply"),
+        ("x: &a [*a]\n", "values, counting what each YAML alias repeats (or an alias holds itself)"),
+        (
+            # a few lines that expand to 9**8 values
+            "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)).replace(
+                "*l0", "x"
+            ),
+            "more than 100000 values, counting what each YAML alias repeats",
+        ),
     ],
 )
 def test_values_beyond_what_the_agent_can_use_are_named(tmp_path: Path, text: str, problem: str) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,7 @@ from agent import detect
 from agent.config.loader import load_config
 from tests.fixtures.postgres_server import PostgresServer
 from tests.fixtures.redis_server import RedisServer
-from tests.support import free_port
+from tests.support import REPO, free_port
 
 
 @pytest.fixture
@@ -81,3 +85,31 @@ def test_nothing_answering_is_logged_and_leaves_the_host_alone(
         assert detect.detect_local() == {}
     assert "no PostgreSQL answered" in caplog.text
     assert "no Redis answered" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the detection as another user, which needs root")
+def test_a_socket_directory_the_agent_may_not_search_is_nothing_found() -> None:
+    """PostgreSQL's socket directory is often 0750: an agent outside its group may not look into it."""
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        private = Path(top) / "postgresql"
+        private.mkdir(mode=0o700)
+        script = (
+            "from pathlib import Path\n"
+            "from agent import detect\n"
+            f"detect.POSTGRES_SOCKET_DIR = Path({str(private)!r})\n"
+            f"detect.POSTGRES_PORT = {free_port()}\n"
+            f"detect.REDIS_TCP = ('127.0.0.1', {free_port()})\n"
+            "print(detect.detect_local())\n"
+        )
+        nobody = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=REPO,
+            user=65534,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert nobody.returncode == 0, nobody.stderr
+    assert nobody.stdout.strip() == "{}"

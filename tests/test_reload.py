@@ -50,6 +50,8 @@ def test_invalid_new_config_keeps_the_old_one(tmp_path: Path) -> None:
                 yaml.safe_dump({**config, "rules": {"MemorySwapping": {"memory": 1}}}),
                 "unknown threshold memory",
             ),
+            # read silently as interval 2 before; now refused like any other broken file
+            (yaml.safe_dump(config) + "interval: 2\n", "a key given twice in one mapping"),
         ):
             agent.reload(broken)
             agent.wait_for(lambda reason=reason: reason in agent.log(), f"the reason ({reason})")

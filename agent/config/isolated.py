@@ -17,11 +17,10 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from agent.config.model import Config, ConfigError, Secret
+from agent.config.model import Config, ConfigError, Secret, field_types, without_none
 
 CHILD_TIMEOUT = 60.0
 EXIT_INVALID = 2
@@ -54,12 +53,11 @@ def rebuild(kind: Any, data: Any) -> Any:
     """A value of type ``kind`` from its JSON form: dataclasses, tuples, dicts, optionals, paths and
     secrets; numbers and text as they are (JSON writes 5.0 as 5: floats are restored)."""
     if dataclasses.is_dataclass(kind):
-        hints = _hints(kind)
+        hints = field_types(kind)
         return kind(**{name: rebuild(hints[name], value) for name, value in data.items()})
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return None if data is None else rebuild(inner, data)
+        return None if data is None else rebuild(without_none(kind), data)
     if origin is tuple:
         return tuple(rebuild(args[0], item) for item in data)
     if origin is dict:
@@ -67,11 +65,6 @@ def rebuild(kind: Any, data: Any) -> Any:
     if kind in (Path, Secret, float):
         return kind(data)
     return data
-
-
-@cache
-def _hints(kind: type) -> dict[str, Any]:
-    return typing.get_type_hints(kind)
 
 
 def _child() -> int:

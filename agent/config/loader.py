@@ -6,8 +6,10 @@ value may be a password.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import typing
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -15,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from agent.config.model import LIST_SECTIONS, SECRET_SECTIONS, Config, ConfigError
+from agent.config.model import (
+    LIST_SECTIONS,
+    SECRET_SECTIONS,
+    Config,
+    ConfigError,
+    RuleOverride,
+    field_types,
+    without_none,
+)
 from alerts.names import ALERT_NAMES
 
 if TYPE_CHECKING:
@@ -32,6 +42,11 @@ SERVICE_LINK = re.compile(
     r"TIERWATCH_(\w+_)?(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)"
 )
 QUOTED = re.compile(r"'[^']*'")  # a quoted token in a YAML error message
+# Far beyond any real configuration, far below what a few lines of nested YAML aliases expand to (the
+# copy made for environment overrides expands them).
+MAX_VALUES = 100_000
+# What an entry name's characters become in a variable name: a shell's names hold none of . : -
+NOT_IN_VARIABLE_NAMES = re.compile(r"[.:-]")
 _ALERT_NAMES_BY_LOWER = {name.lower(): name for name in ALERT_NAMES}
 
 
@@ -99,6 +114,9 @@ def _with_password_file(entry: Any, where: str) -> Any:
         raise ConfigError(f"{where}: password_file {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:  # its message would quote a byte of the password
         raise ConfigError(f"{where}: password_file {path}: not UTF-8 text") from None
+    if not secret:
+        # Drivers read an empty password as none: the cause would show only as failed logins.
+        raise ConfigError(f"{where}: password_file {path}: is empty")
     return {**entry, "password": secret}
 
 
@@ -124,13 +142,39 @@ def _threshold(value: Any, key: str, where: str) -> float:
     return value
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML forbids a key twice in one mapping, and PyYAML would keep the last silently: a second
+    ``postgres:`` section would drop the first one's targets. Keys merged in with ``<<`` may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader refuses it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        content = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
     try:
-        data = yaml.safe_load(text)
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:  # its message would quote a byte, perhaps of a password
+        line = content.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.MarkedYAMLError as error:
         # The marked snippet of the offending line could hold a secret: report the position only.
         mark = error.problem_mark
@@ -143,11 +187,32 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({type(error).__name__})") from None
     except ValueError as error:  # a value YAML reads as a date that is none (2024-02-30)
         raise ConfigError(f"{path}: a value reads as an invalid date ({error}); quote it") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: lists or mappings nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, not a {type(data).__name__}")
+    if _expands_beyond(data, MAX_VALUES):
+        raise ConfigError(
+            f"{path}: more than {MAX_VALUES} values, counting what each YAML alias repeats"
+            " (or an alias holds itself)"
+        )
     return data
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    count, pending = 0, [data]
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def describe_errors(error: ValidationError) -> str:
@@ -196,7 +261,7 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[s
             # Variable names are case-insensitive here; alert names are not: restore their spelling.
             parts[1] = _ALERT_NAMES_BY_LOWER.get(parts[1], parts[1])
 
-        _set_path(merged, parts, _parse_value(environ[variable]), variable)
+        _set_path(merged, parts, _parse_value(environ[variable], _holds_collection(parts)), variable)
     return merged
 
 
@@ -208,15 +273,31 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _parse_value(text: str) -> Any:
-    # Scalars stay strings (a password like "0123" must stay as it is); pydantic converts numbers and
-    # booleans in lax mode. Lists and mappings use YAML flow syntax: [a, b] or {k: v}.
-    if text.startswith(("[", "{")):
+def _parse_value(text: str, collection: bool) -> Any:
+    # Scalars stay strings (a password like "0123" or "[x]" must stay as it is); pydantic converts
+    # numbers and booleans in lax mode. Lists and mappings use YAML flow syntax: [a, b] or {k: v}.
+    if collection and text.startswith(("[", "{")):
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError:
             return text
     return text
+
+
+def _holds_collection(parts: list[str]) -> bool:
+    """Whether the key path names a section, a list or a mapping of the model, rather than a value."""
+    kind: Any = Config
+    for part in parts:
+        kind = without_none(kind)
+        if dataclasses.is_dataclass(kind):
+            key = RULE_KEYS.get(part, part) if kind is RuleOverride else part
+            kind = field_types(kind).get(key)
+        elif typing.get_origin(kind) in (tuple, dict):
+            kind = typing.get_args(kind)[0 if typing.get_origin(kind) is tuple else 1]  # entry or map value
+        else:
+            return False
+    kind = without_none(kind)
+    return dataclasses.is_dataclass(kind) or typing.get_origin(kind) in (tuple, dict)
 
 
 def _set_path(node: dict[str, Any], parts: list[str], value: Any, variable: str) -> None:
@@ -243,10 +324,16 @@ def _set_path(node: dict[str, Any], parts: list[str], value: Any, variable: str)
 def _list_entry(entries: list[Any], selector: str) -> dict[str, Any]:
     if selector.isdigit() and int(selector) < len(entries) and isinstance(entries[int(selector)], dict):
         return entries[int(selector)]
-    wanted = selector.replace("-", "_")
-    for entry in entries:
-        if isinstance(entry, dict) and str(entry.get("name", "")).lower().replace("-", "_") == wanted:
-            return entry
+    named = [entry for entry in entries if isinstance(entry, dict)]
+    # The name as spelled first (a.b, when a_b is also an entry), then as a shell variable spells it.
+    for spelling in (str.lower, _as_in_variable_name):
+        for entry in named:
+            if spelling(str(entry.get("name", ""))) == spelling(selector):
+                return entry
     entry = {"name": selector}
     entries.append(entry)
     return entry
+
+
+def _as_in_variable_name(name: str) -> str:
+    return NOT_IN_VARIABLE_NAMES.sub("_", name.lower())

@@ -9,9 +9,13 @@ entry's place in the file, and the message names the key).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
+import types
+import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -33,6 +37,20 @@ SECRET_SECTIONS = ("postgres", "pgbouncer", "redis")
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message lists every problem found."""
+
+
+@cache
+def field_types(kind: type) -> dict[str, Any]:
+    """The resolved types of a configuration dataclass's fields (its class variables left out)."""
+    hints = typing.get_type_hints(kind)
+    return {item.name: hints[item.name] for item in dataclasses.fields(kind)}
+
+
+def without_none(kind: Any) -> Any:
+    """``X`` of an optional type ``X | None``; any other type as it is."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return kind
 
 
 class Secret:
