@@ -374,6 +374,41 @@ def test_pubsub_channels_patterns_clients_and_output_buffer(
     assert after.get("redis_pubsub_clients") == 0
 
 
+def test_many_subscribers_are_not_listed_every_cycle(
+    redis_server: RedisServer, make_collector: MakeCollector
+) -> None:
+    """Before Redis 7.4 subscribers are counted with CLIENT LIST, which formats a line per subscriber
+    on Redis's only thread: 250 of them are listed once every three cycles."""
+    collector = make_collector(redis_server.url)
+    subscribers = [socket.create_connection((redis_server.host, redis_server.port)) for _ in range(250)]
+    try:
+        for number, subscriber in enumerate(subscribers):
+            subscriber.sendall(b"SUBSCRIBE channel:%d\r\n" % (number % 5))
+        with redis_server.client() as admin:
+            wait_until(lambda: admin.pubsub_numsub("channel:4")[0][1] == 50, "subscriptions")
+
+            def listed() -> int:
+                return admin.info("commandstats").get("cmdstat_client|list", {"calls": 0})["calls"]
+
+            before = listed()
+            counts = [collector.collect().get("redis_pubsub_clients") for _ in range(4)]
+            assert counts == [250] * 4
+            assert listed() - before == 2  # the first cycle and the fourth
+    finally:
+        for subscriber in subscribers:
+            subscriber.close()
+    with redis_server.client() as admin:
+        wait_until(lambda: admin.info("stats")["pubsub_channels"] == 0, "unsubscription")
+    # Nothing subscribed: the count is 0 at once, and the next subscribers are listed afresh.
+    assert collector.collect().get("redis_pubsub_clients") == 0
+    with redis_server.client() as subscriber_client, redis_server.client() as admin:
+        subscriber = subscriber_client.pubsub()
+        subscriber.subscribe("channel:0")
+        wait_until(lambda: admin.info("stats")["pubsub_channels"] == 1, "subscription")
+        assert collector.collect().get("redis_pubsub_clients") == 1
+        subscriber.close()
+
+
 def test_slowlog_evidence_and_main_thread_cpu(
     redis_servers: RedisServers, make_collector: MakeCollector, clock: FakeClock
 ) -> None:

@@ -161,9 +161,12 @@ def slowlog_entries(reply: object) -> list[dict[str, object]]:
         ):
             raise _parse_error("SLOWLOG GET entry does not have the id, time, duration, arguments shape")
         entry_id, started_at, duration_usec, arguments = entry[:4]
-        command = " ".join(_printable(argument, SLOWLOG_TEXT_LIMIT) for argument in arguments[:2])
-        if len(arguments) > 2:
-            command += f" (+{len(arguments) - 2} more arguments)"
+        shown = [_printable(argument, SLOWLOG_TEXT_LIMIT) for argument in arguments[:2]]
+        if shown and shown[0].lower() == "auth":
+            del shown[1:]  # Redis before 6.0 logs AUTH with the password (6.0 and later never do)
+        command = " ".join(shown)
+        if len(arguments) > len(shown):
+            command += f" (+{len(arguments) - len(shown)} more arguments)"
         entries.append(
             {
                 "id": entry_id,

@@ -55,7 +55,12 @@ REDIS_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("redis_rdb_last_bgsave_ok", G, "1 if the last RDB snapshot succeeded."),
     MetricSpec("redis_pubsub_channels", G, "Channels with at least one subscriber."),
     MetricSpec("redis_pubsub_patterns", G, "Patterns with at least one subscriber."),
-    MetricSpec("redis_pubsub_clients", G, "Clients subscribed to a channel, pattern or shard channel."),
+    MetricSpec(
+        "redis_pubsub_clients",
+        G,
+        "Clients subscribed to a channel, pattern or shard channel; before Redis 7.4 counted with CLIENT "
+        "LIST, asked again after one cycle per 100 subscribers it found.",
+    ),
     MetricSpec(
         "redis_client_max_output_buffer_bytes", G, "Largest client output buffer in the last seconds."
     ),

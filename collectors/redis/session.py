@@ -8,6 +8,7 @@ nothing beyond AUTH and CLIENT SETNAME, which keeps the least-privilege ACL shor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
 import redis.exceptions as errors
 from redis.connection import AbstractConnection, Connection, SSLConnection, parse_url
@@ -100,10 +101,23 @@ def _address(options: dict[str, object]) -> str:
     return f"{username}@{where}" if username else where
 
 
+def _parse_url(url: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    # A "/", "?" or "#" left unencoded in the password ends the URL's user information early: the
+    # rest of the password becomes the host and port, which redis-py's errors and our logs quote. A
+    # unix socket's path, after an empty host, may hold an "@" of its own.
+    if "@" in url and "@" not in parts.netloc and (parts.netloc or parts.scheme != "unix"):
+        raise ValueError(
+            "the user name or password holds a '/', '?' or '#' (or an '@' follows the host): "
+            "percent-encode them as %2F, %3F, %23, %40"
+        )
+    return parse_url(url)
+
+
 def open_connection(entry: RedisTarget, timeout: float) -> tuple[AbstractConnection, str]:
     """The (not yet connected) connection to ``entry`` and its address for logs, without the password."""
     try:
-        options = parse_url(entry.url.get_secret_value())
+        options = _parse_url(entry.url.get_secret_value())
     except ValueError as error:
         raise ConfigError(f"redis {entry.name}: url: {error}") from None
     if entry.password is not None:
