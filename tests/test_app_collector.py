@@ -252,6 +252,10 @@ def test_pool_size_and_hpa(app_server: AppServer) -> None:
             {"metrics_url": "http://127.0.0.1:99999/metrics", "requests_metric": REQUESTS},
             "metrics_url has a port that is not a number from 0 to 65535",
         ),
+        (
+            {"metrics_url": "http://u:p@[bad/metrics", "requests_metric": REQUESTS},
+            "metrics_url is not a URL",
+        ),
     ],
 )
 def test_unusable_entries_are_refused(entry: dict[str, Any], message: str) -> None:

@@ -354,7 +354,7 @@ def test_alertmanager_labels_are_ones_alertmanager_takes(tmp_path: Path, labels:
     }
 
 
-@pytest.mark.parametrize("url", ["s3cret-token@am:9093", "ftp://am:9093", "http://"])
+@pytest.mark.parametrize("url", ["s3cret-token@am:9093", "ftp://am:9093", "http://", "http://s3cret@[am/"])
 def test_alertmanager_urls_must_be_http_with_a_host(tmp_path: Path, url: str) -> None:
     """Each post would fail with urllib's error, which quotes the URL and whatever token it holds."""
     text = f"alertmanager: {{urls: [http://a:9093, '{url}']}}\n"

@@ -195,7 +195,10 @@ class AlertmanagerSection(Section):
         super().__post_init__()
         for position, url in enumerate(self.urls):
             # Not quoted: a URL may carry a token as its user name.
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+            except ValueError:  # an unclosed [ of an IPv6 address
+                raise ValueError(f"urls[{position}]: not an http:// or https:// URL with a host") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"urls[{position}]: not an http:// or https:// URL with a host")
         # Alertmanager refuses a whole post over one bad label, so every alert would be lost.

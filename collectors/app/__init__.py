@@ -77,7 +77,10 @@ def _check(entry: AppTarget) -> None:
         if entry.requests_metric or entry.latency_metric:
             raise ConfigError(f"{where}: requests_metric and latency_metric need metrics_url")
         return
-    url = urlsplit(entry.metrics_url)
+    try:
+        url = urlsplit(entry.metrics_url)
+    except ValueError:  # an unclosed [ of an IPv6 address; the message is not quoted: it may hold a password
+        raise ConfigError(f"{where}: metrics_url is not a URL") from None
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"{where}: metrics_url must be an http:// or https:// URL with a host")
     try:
