@@ -265,7 +265,11 @@ def family_text(family: Metric) -> bytes:
     """The family in the text exposition format, byte for byte what prometheus_client's
     generate_latest writes for a gauge or counter family. Formatted here because generate_latest
     checks every label name against a regular expression on every line, the larger part of a
-    render; the names here were fixed when the metrics were declared."""
+    render; the names here were fixed when the metrics were declared.
+
+    Unlike generate_latest, it never raises on a label value that is no valid Unicode text: a name
+    read from the environment keeps an undecodable byte as a lone surrogate, and one such value
+    would otherwise cost every scrape the whole page. It becomes "?"."""
     name = f"{family.name}_total" if family.type == "counter" else family.name
     lines = [f"# HELP {name} {_escape_help(family.documentation)}\n# TYPE {name} {family.type}\n"]
     for sample in family.samples:
@@ -277,7 +281,7 @@ def family_text(family: Metric) -> bytes:
             lines.append(f"{sample.name}{{{labels}}} {value}\n")
         else:
             lines.append(f"{sample.name} {value}\n")
-    return "".join(lines).encode()
+    return "".join(lines).encode(errors="replace")
 
 
 def _escape_help(text: str) -> str:

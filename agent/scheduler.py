@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor, run_job
@@ -155,6 +155,30 @@ class JobThreads(BaseExecutor):
                 thread.join()
 
 
+class SteadyScheduler(BackgroundScheduler):
+    """APScheduler times its jobs by the wall clock: set back (an NTP step, a VM restored from a
+    snapshot), it would hold every job until the clock caught up, and collection would stop for as
+    long as the step, every value and alert frozen. No job here is ever due more than one interval
+    ahead, so one that is was put there by such a step: it is made due now."""
+
+    def __init__(self, interval: float, **options: Any) -> None:
+        super().__init__(**options)
+        # A second of slack: the trigger's float arithmetic may put a run a microsecond further out.
+        self._longest_wait = timedelta(seconds=interval + 1.0)
+
+    def _process_jobs(self) -> float | None:
+        # Checked on the wait the pass asks for, so that a pass costs nothing more while the clock
+        # holds steady: this thread wakes every interval, and each wake is paid in CPU.
+        wait = super()._process_jobs()
+        if wait is None or wait <= self._longest_wait.total_seconds():
+            return wait
+        now = datetime.now(self.timezone)
+        for job in self.get_jobs():
+            if job.next_run_time is not None and job.next_run_time - now > self._longest_wait:
+                job.modify(next_run_time=now)
+        return 0.0
+
+
 class Round:
     """Calls ``after`` once every collector has ended its cycle of a round, on the thread of the
     last one. A hung collector counts as ended each time its next cycle comes due (it is reported, not
@@ -205,7 +229,8 @@ class Scheduler:
         self._interval = interval
         self._round = Round((runner.key for runner in self.runners), after_each_round)
         self._by_job_id = {_job_id(runner): runner for runner in self.runners}
-        self._scheduler = BackgroundScheduler(
+        self._scheduler = SteadyScheduler(
+            interval,
             executors={"default": JobThreads(self._busy)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": max(1, int(interval))},
             timezone=UTC,

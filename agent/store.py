@@ -39,6 +39,11 @@ class Ring:
 
     def add(self, sample: Sample) -> None:
         samples = self._samples
+        if samples and sample.timestamp < samples[-1].timestamp:
+            # The wall clock was set back (an NTP step): the history is on another time axis, and
+            # every rate across the step would have a negative elapsed time, so none could be
+            # computed until the clock caught up. The window starts again from this sample.
+            samples.clear()
         # The newest sample is always kept; it replaces its predecessor when that one is too close to
         # the sample before it to be worth keeping as history.
         if len(samples) >= 2 and samples[-1].timestamp - samples[-2].timestamp < self._spacing:

@@ -32,6 +32,8 @@ from alerts.classifier import Verdict
 from alerts.lifecycle import Alert, State
 from alerts.table import RULES
 from collectors.base import Collector, Kind, MetricSpec, Reason, Sample
+from tests.support import assert_promtool_accepts, parse_metrics
+from tests.support import value as value_of
 
 SPECS = (
     MetricSpec("test_load_ratio", Kind.GAUGE, "Load."),
@@ -259,6 +261,27 @@ def test_family_text_is_what_prometheus_client_writes() -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(OneFamily(family))  # type: ignore[arg-type]
         assert family_text(family) == generate_latest(registry), family.name
+
+
+def test_a_label_value_that_is_no_valid_text_costs_the_page_nothing() -> None:
+    """A name from the environment with a byte that is no UTF-8 (TIERWATCH_HOST__NAME=$'node\\xff')
+    reaches Python as a lone surrogate; the page is still served, valid UTF-8, with "?" for it."""
+    undecodable = b"node\xff".decode("utf-8", "surrogateescape")
+    store = Store()
+    collector = Scripted(undecodable)
+    collector.values = {("test_load_ratio", ()): 0.5, ("test_disk_busy_ratio", (undecodable,)): 0.25}
+    store.register(collector.name, collector.target)
+    store.record_success(collector.collect(), 0.01)
+    store.set_alerts((firing(0, undecodable),), {})
+    page = MetricsPage(store, {Scripted.name: SPECS}).render().decode("utf-8")
+    assert_promtool_accepts(page)
+    series = parse_metrics(page)
+    assert value_of(series, "tierwatch_test_load_ratio", target="node?") == 0.5
+    assert value_of(series, "tierwatch_test_disk_busy_ratio", target="node?", device="node?") == 0.25
+    assert value_of(series, "tierwatch_collector_up", collector="scripted", target="node?") == 1
+    rule = RULES[0]
+    labels = {"alertstate": "firing", "severity": rule.severity.value, "tier": rule.tier}
+    assert value_of(series, "tierwatch_alert", alertname=rule.name, target="node?", **labels) == 1
 
 
 def firing(rule_index: int, target: str) -> Alert:

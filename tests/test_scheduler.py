@@ -10,14 +10,19 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, tzinfo
 
+import apscheduler.executors.base
+import apscheduler.schedulers.base
 import pytest
 
+from agent import scheduler as scheduling
 from agent.check import _run_cycles
 from agent.exporter import MetricsPage
 from agent.http import AgentServer
 from agent.scheduler import CollectorRunner, Scheduler
 from agent.store import Store
+from alerts.signals import counter_rate
 from collectors.base import Collector, CollectorError, Kind, MetricSpec, Reason, Sample
 from tests.support import http_get, parse_metrics, value
 
@@ -155,6 +160,28 @@ def test_store_window_is_bounded_and_thinned() -> None:
     assert all(gap >= 10.0 for gap in gaps)
 
 
+def test_a_window_starts_again_when_the_wall_clock_is_set_back() -> None:
+    """Samples carry wall time; after an NTP step back of 10 minutes, rates are known again two
+    cycles later, not once the clock has caught up with the last sample before the step."""
+    store, collector = Store(), Ticking("a")
+    rate = counter_rate("ticks_rate", "ticking", "test_ticks")
+
+    def cycle(timestamp: float) -> None:
+        collector.cycles += 10  # a counter that keeps rising through the step, 2 per second
+        out = collector.builder()
+        out.set("test_ticks", collector.cycles)
+        store.record_success(out.build("ticking", "a", timestamp), 0.001)
+
+    for second in range(1000, 1100, 5):
+        cycle(float(second))
+    for second in (400.0, 405.0):
+        cycle(second)
+    window = store.window("ticking", "a")
+    assert [sample.timestamp for sample in window] == [400.0, 405.0]
+    assert rate.compute_target is not None
+    assert rate.compute_target(window) == 2.0
+
+
 def test_a_reloaded_store_carries_over_the_targets_it_still_has() -> None:
     before = Store()
     for target in ("kept", "dropped"):
@@ -197,3 +224,37 @@ def test_check_reports_a_hung_collector_and_does_not_wait_for_it() -> None:
     assert blocking.started == 1  # the second cycle found the first still running
     assert statuses[("ticking", "a")].cycles == 2
     assert statuses[("ticking", "a")].up
+
+
+class SetBack(datetime):
+    """The wall clock as APScheduler reads it, ``offset`` away from the real one. Stepping the real
+    clock needs CAP_SYS_TIME and would move it under every other process of the machine."""
+
+    offset = timedelta(0)
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:
+        return super().now(tz) + cls.offset
+
+
+def test_collection_goes_on_when_the_wall_clock_is_set_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An NTP step back of a minute must not hold every cycle (and the alerting run) for a minute."""
+    for module in (apscheduler.schedulers.base, apscheduler.executors.base, scheduling):
+        monkeypatch.setattr(module, "datetime", SetBack)
+    monkeypatch.setattr(SetBack, "offset", timedelta(0))
+    store, rounds = Store(), []
+    scheduler = Scheduler(
+        [CollectorRunner(Ticking("a"), store, TIMEOUT)], INTERVAL, after_each_round=lambda: rounds.append(1)
+    )
+    scheduler.start()
+    try:
+        time.sleep(5 * INTERVAL)
+        before = store.statuses()[("ticking", "a")].cycles, len(rounds)
+        assert min(before) >= 2
+        SetBack.offset = timedelta(seconds=-60)
+        time.sleep(10 * INTERVAL)
+        after = store.statuses()[("ticking", "a")].cycles, len(rounds)
+    finally:
+        scheduler.stop()
+    assert after[0] - before[0] >= 5
+    assert after[1] - before[1] >= 5
