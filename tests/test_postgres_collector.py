@@ -463,6 +463,37 @@ def test_a_monitor_role_named_in_capitals_reads_top_statements_without_its_own(
     assert not any("pg_blocking_pids" in text for text in texts)  # the monitor's own cycle statement
 
 
+@pytest.fixture
+def old_statements_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database whose pg_stat_statements is at 1.7, as pg_upgrade from PostgreSQL 12 leaves it until
+    ALTER EXTENSION ... UPDATE: its view names the times total_time and mean_time."""
+    name = "tw_old_statements"
+    with postgres_server.connect() as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    with postgres_server.connect(dbname=name) as admin:
+        admin.execute("CREATE EXTENSION pg_stat_statements VERSION '1.7'")
+        admin.execute("SELECT pg_stat_statements_reset()")
+    yield name
+    with postgres_server.connect() as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_top_statements_of_an_extension_older_than_1_8(
+    make: MakeCollector, postgres_server: PostgresServer, old_statements_database: str
+) -> None:
+    with postgres_server.connect(APP_ROLE, old_statements_database) as connection:
+        for _ in range(2):
+            connection.execute("SELECT count(*) AS tw_old_marker FROM generate_series(1, 300000)")
+    collector = make(dbname=old_statements_database)
+    sample = collector.collect()  # the first cycle reads the top statements
+    top = {entry["query"]: entry for entry in sample.details["top_queries"]}
+    marker = top["SELECT count(*) AS tw_old_marker FROM generate_series($1, $2)"]
+    assert marker["calls"] == 2
+    assert marker["total_seconds"] == pytest.approx(2 * marker["mean_seconds"])
+    assert sample.get("postgres_max_connections") == MAX_CONNECTIONS
+
+
 def test_pg_monitor_alone_sees_every_session(make: MakeCollector, postgres_server: PostgresServer) -> None:
     with postgres_server.held(3, "visible"):
         sample = make().collect()

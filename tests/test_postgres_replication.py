@@ -4,8 +4,10 @@ so that the primary's lag per replica and the standby's replay delay have someth
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from agent.config.loader import validate_config
 from collectors.base import Sample
 from collectors.postgres import PostgresCollector, build
-from tests.fixtures.postgres_server import MONITOR_ROLE, PostgresServer, owned_temp_dir
+from tests.fixtures.postgres_server import MONITOR_ROLE, SUPERUSER, PostgresServer, as_os_user, owned_temp_dir
 from tests.scenarios import scenario_agent, wait_for_alerts
 from tests.support import value
 
@@ -185,6 +187,74 @@ def test_a_standby_that_replayed_nothing_since_it_started_reports_its_delay(
     delay = sample.get("postgres_replay_delay_seconds")
     assert delay is not None
     assert 0 < delay <= uptime < delay + 2  # the time since the start, not the hour it holds back
+
+
+@contextmanager
+def receiving_wal(server: PostgresServer) -> Iterator[None]:
+    """pg_receivewal streaming from ``server`` (as WAL archiving from a standby does): a walsender there,
+    listed in its pg_stat_replication as a cascading standby would be."""
+    directory = owned_temp_dir("tierwatch-pg-receivewal-")
+    command = [server.tool("pg_receivewal"), "-D", str(directory), "-h", str(server.root)]
+    receiver = subprocess.Popen(as_os_user([*command, "-p", str(server.port), "-U", SUPERUSER, "-n"]))
+    try:
+        with server.connect() as admin:
+            deadline = time.monotonic() + 10
+            while admin.execute("SELECT count(*) FROM pg_stat_replication").fetchone() != (1,):
+                assert receiver.poll() is None, "pg_receivewal exited"
+                assert time.monotonic() < deadline, "pg_receivewal never streamed"
+                time.sleep(0.05)
+        yield
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_standby_that_feeds_wal_onwards_is_still_read(standby: PostgresServer) -> None:
+    """A standby's own walsenders (a cascading standby, pg_receivewal) list rows in its
+    pg_stat_replication; the primary's current WAL position, which lag needs, is not to be had there."""
+    collector = collector_of(standby)
+    try:
+        with receiving_wal(standby):
+            sample = collector.collect()
+    finally:
+        collector.close()
+    assert sample.get("postgres_in_recovery") == 1
+    assert sample.get("postgres_replay_delay_seconds") is not None
+    assert sample.get("postgres_replicas") is None
+
+
+@pytest.fixture
+def own_standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """A standby of this test's own, free to be cut off from the primary."""
+    yield from running_standby(postgres_server, "tierwatch-pg-cut-")
+
+
+def test_a_standby_cut_off_from_its_primary_is_not_caught_up(
+    postgres_server: PostgresServer, own_standby: PostgresServer
+) -> None:
+    """Its WAL receiver gone (primary unreachable, the WAL it needs removed there), a standby has replayed
+    everything it received while the primary commits on: its delay grows, it is not 0."""
+    collector = collector_of(own_standby)
+    try:
+        commit(postgres_server)
+        poll(collector, lambda s: s.get("postgres_replay_delay_seconds") == 0)
+        with own_standby.connect() as standby_admin:
+            standby_admin.execute("ALTER SYSTEM SET primary_conninfo = ''")
+            standby_admin.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 10
+            while standby_admin.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone() != (0,):
+                assert time.monotonic() < deadline, "the WAL receiver never stopped"
+                time.sleep(0.05)
+        commit(postgres_server)  # never reaches the standby
+        cut_off = collector.collect()
+        time.sleep(0.5)
+        later = collector.collect()
+    finally:
+        collector.close()
+    assert cut_off.get("postgres_in_recovery") == 1
+    assert cut_off.get("postgres_replay_delay_seconds") > 0
+    assert later.get("postgres_replay_delay_seconds") >= cut_off.get("postgres_replay_delay_seconds") + 0.4
 
 
 # The default 30 s would outlast the test; a lag of a few seconds is as real a lag.

@@ -60,27 +60,36 @@ WHERE state = 'active'
 GROUP BY wait_event_type
 """
 
-# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction. One
-# that has replayed no transaction since it started has no such age (NULL) even with WAL waiting; its
-# last replayed transaction is then older than its start, so the time since the start is a lower bound
-# of the delay, which beats no value at all for a standby stuck since a restart. A primary has a row
-# per replica (application_name), each with its lag in seconds and in bytes.
+# A caught-up standby has nothing to replay: its delay is 0, not the age of the last transaction. Only
+# one that streams from its primary knows it has caught up: cut off (primary gone, WAL it needs already
+# removed there), it has replayed all it received while the primary moves on. One that has replayed no
+# transaction since it started has no such age (NULL); its last replayed transaction is then older than
+# its start, so the time since the start is a lower bound of the delay, which beats no value at all for
+# a standby stuck since a restart. pg_stat_wal_receiver has a row, its pid visible to every role, while
+# a WAL receiver is connected. A primary has a row per replica (application_name), each with its lag in
+# seconds and in bytes. A standby has rows in pg_stat_replication too when it feeds a cascading standby or
+# pg_receivewal, and pg_current_wal_lsn() fails there ("recovery is in progress"): a WHERE does not keep
+# the planner from calling it for those rows, a CASE does.
 REPLICATION_SQL = """
 SELECT 'standby', NULL,
-       CASE WHEN wal.received = wal.replayed THEN 0
+       CASE WHEN wal.streaming AND wal.received = wal.replayed THEN 0
             ELSE extract(epoch FROM now() - coalesce(
                 pg_last_xact_replay_timestamp(),
-                CASE WHEN wal.received > wal.replayed THEN pg_postmaster_start_time() END))::float8 END
-FROM (SELECT pg_last_wal_receive_lsn() AS received, pg_last_wal_replay_lsn() AS replayed) AS wal
+                CASE WHEN wal.received > wal.replayed OR NOT wal.streaming
+                     THEN pg_postmaster_start_time() END))::float8 END
+FROM (SELECT pg_last_wal_receive_lsn() AS received, pg_last_wal_replay_lsn() AS replayed,
+             EXISTS (SELECT FROM pg_stat_wal_receiver) AS streaming) AS wal
 WHERE pg_is_in_recovery()
 UNION ALL
 SELECT lag.kind, coalesce(application_name, ''), lag.value
-FROM pg_stat_replication, LATERAL (VALUES
-    ('replica_seconds',
-     CASE WHEN replay_lsn = pg_current_wal_lsn() THEN 0 ELSE extract(epoch FROM replay_lag)::float8 END),
-    ('replica_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8)
-) AS lag(kind, value)
-WHERE NOT pg_is_in_recovery()
+FROM (SELECT CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn() END AS current) AS wal,
+     pg_stat_replication,
+     LATERAL (VALUES
+        ('replica_seconds',
+         CASE WHEN replay_lsn = wal.current THEN 0 ELSE extract(epoch FROM replay_lag)::float8 END),
+        ('replica_bytes', pg_wal_lsn_diff(wal.current, replay_lsn)::float8)
+     ) AS lag(kind, value)
+WHERE wal.current IS NOT NULL
 """
 
 # Rows of (kind, key, value), replication's among them: one round trip for all. Without
@@ -151,13 +160,22 @@ DATABASE_SCANS = ("seq_scans", "index_scans")
 # The monitor's own statements would top the list on a quiet server. The role is looked up by its exact
 # name: current_user::regrole would parse it as an identifier and fold "Monitor" to monitor.
 TOP_QUERIES_SQL = """
-SELECT queryid, calls, total_exec_time / 1000, mean_exec_time / 1000, left(query, 1000)
+SELECT queryid, calls, {total} / 1000, {mean} / 1000, left(query, 1000)
 FROM pg_stat_statements
 WHERE queryid IS NOT NULL AND userid <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-ORDER BY total_exec_time DESC
+ORDER BY {total} DESC
 LIMIT %s
 """
-HAS_STATEMENTS_SQL = "SELECT to_regclass('pg_stat_statements') IS NOT NULL"
+# pg_stat_statements before 1.8 names its times total_time and mean_time: so does a newer server's after
+# pg_upgrade, which keeps each extension's version until ALTER EXTENSION ... UPDATE. No row: not installed.
+STATEMENT_TIMES_SQL = """
+SELECT attname::text FROM pg_attribute
+WHERE attrelid = to_regclass('pg_stat_statements') AND attname IN ('total_exec_time', 'total_time')
+"""
+TOP_QUERIES_BY_TIMES = {
+    total: TOP_QUERIES_SQL.format(total=total, mean=mean)
+    for total, mean in (("total_exec_time", "mean_exec_time"), ("total_time", "mean_time"))
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,11 +358,11 @@ def worst_per_name(rows: list[tuple[str | None, float | None]]) -> dict[str, flo
 
 def read_top_queries(connection: psycopg.Connection, limit: int) -> tuple[dict[str, object], ...] | None:
     """The statements with the most total execution time, or None without pg_stat_statements."""
-    [(has_view,)] = connection.execute(HAS_STATEMENTS_SQL).fetchall()
-    if not has_view:
+    times = connection.execute(STATEMENT_TIMES_SQL).fetchall()
+    if len(times) != 1:
         return None
     try:
-        rows = connection.execute(TOP_QUERIES_SQL, [limit]).fetchall()
+        rows = connection.execute(TOP_QUERIES_BY_TIMES[times[0][0]], [limit]).fetchall()
     except (errors.ObjectNotInPrerequisiteState, errors.InsufficientPrivilege):
         return None  # created but not preloaded, or not readable: the rest of the cycle is still good
     return tuple(
