@@ -54,12 +54,15 @@ class AlertingJob:
         store: Store,
         rules: tuple[Rule, ...],
         notify: Notify | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` times `for` and keep-firing; ``wall_clock`` dates the states it shows and sends."""
         self._store = store
         self._rules = rules
         self._notify = notify
         self._clock = clock
+        self._wall_clock = wall_clock
         self._tracker = AlertTracker()
 
     def carry_over(self, previous: AlertingJob, targets: Set[tuple[str, str]]) -> None:
@@ -75,7 +78,7 @@ class AlertingJob:
                 for collector, target in targets
             )
 
-        resolved = self._tracker.carry_over(previous._tracker, still_judged, self._clock())
+        resolved = self._tracker.carry_over(previous._tracker, still_judged, self._wall_clock())
         active = tuple(alert for alert in self._store.alerts() if still_judged(alert))
         self._store.set_alerts(active, self._store.signals())
         if resolved and self._notify is not None:
@@ -83,7 +86,7 @@ class AlertingJob:
 
     def run_cycle(self) -> None:
         verdicts = classify(self._store.windows(), self._rules, SIGNALS)
-        active, resolved = self._tracker.update(verdicts, self._clock())
+        active, resolved = self._tracker.update(verdicts, self._clock(), self._wall_clock())
         self._store.set_alerts(tuple(active), exported_signals(verdicts))
         if self._notify is not None:
             self._notify(active, resolved)

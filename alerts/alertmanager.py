@@ -105,7 +105,10 @@ class AlertmanagerSender:
         runbook_base_url: str,
         post: Post = post_json,
         clock: Callable[[], float] = time.time,
+        steady_clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` dates what is sent (endsAt, the age of a resolution); ``steady_clock`` times
+        re-sends and retries, which a wall clock set back would hold off for the size of the step."""
         self._endpoints = [
             _Endpoint(url.rstrip("/") + "/api/v2/alerts", without_credentials(url.rstrip("/")))
             for url in urls
@@ -118,6 +121,7 @@ class AlertmanagerSender:
         self._runbook_base = runbook_base_url
         self._post = post
         self._clock = clock
+        self._steady_clock = steady_clock
         self._lock = threading.Lock()
         self._firing: dict[AlertKey, Alert] = {}
         self._resolved: dict[AlertKey, Alert] = {}
@@ -190,7 +194,7 @@ class AlertmanagerSender:
 
     def _send_due_to(self, endpoint: _Endpoint) -> None:
         """Sends if the alerts changed since the last post to ``endpoint``, or a re-send or a retry is due."""
-        now = self._clock()
+        now = self._steady_clock()
         if now < endpoint.retry_at:
             return
         with self._lock:
@@ -203,7 +207,8 @@ class AlertmanagerSender:
             self._send(endpoint, alerts, keys, now)
 
     def _send(self, endpoint: _Endpoint, alerts: list[Alert], keys: frozenset[Any], now: float) -> None:
-        body = json.dumps([self._payload(alert, now) for alert in alerts]).encode()
+        wall = self._clock()
+        body = json.dumps([self._payload(alert, wall) for alert in alerts]).encode()
         try:
             self._post(endpoint.url, body, self._timeout)
         # HTTPException: a reply that is not HTTP (a TLS port, another protocol, a cut-off body).
@@ -232,7 +237,14 @@ class AlertmanagerSender:
     def _payload(self, alert: Alert, now: float) -> dict[str, Any]:
         verdict = alert.verdict
         rule = verdict.rule
-        ends_at = alert.resolved_at if alert.state is State.RESOLVED else now + self._ends_after
+        # As Prometheus sends it: the alert started when it fired, not when it began pending.
+        starts_at = alert.fired_at or alert.active_since
+        # Alertmanager refuses an alert that ends before it starts, which a wall clock set back since
+        # it fired would make of every post until the clock caught up.
+        if alert.state is State.RESOLVED:
+            ends_at = max(alert.resolved_at or now, starts_at)
+        else:
+            ends_at = max(now, starts_at) + self._ends_after
         return {
             "labels": {
                 **self._labels,
@@ -248,9 +260,8 @@ class AlertmanagerSender:
                 "runbook_url": self._runbook_base + rule.runbook,
                 **({"details": details} if (details := details_text(verdict)) else {}),
             },
-            # As Prometheus sends it: the alert started when it fired, not when it began pending.
-            "startsAt": rfc3339(alert.fired_at or alert.active_since),
-            "endsAt": rfc3339(ends_at or now),
+            "startsAt": rfc3339(starts_at),
+            "endsAt": rfc3339(ends_at),
         }
 
     def _loop(self, endpoint: _Endpoint) -> None:

@@ -71,7 +71,41 @@ def sender(post: Recorder, clock: Clock, urls: tuple[str, ...] = ("http://am-a:9
         runbook_base_url="https://x/",
         post=post,
         clock=clock,
+        steady_clock=clock,
     )
+
+
+def test_a_wall_clock_set_back_holds_off_neither_resends_nor_valid_times() -> None:
+    """Re-sends keep their interval on the steady clock, and no alert is sent ending before it
+    started, which Alertmanager refuses: the one fired before the step keeps its startsAt."""
+    post, wall, steady = Recorder(), Clock(), Clock()
+    out = AlertmanagerSender(
+        ("http://am-a:9093",),
+        5.0,
+        60.0,
+        timeout=1.0,
+        static_labels={},
+        runbook_base_url="",
+        post=post,
+        clock=wall,
+        steady_clock=steady,
+    )
+    fired = alert(State.FIRING, since=wall.now)
+    out.notify([fired], [])
+    out.send_due()
+    wall.now -= 3600
+    steady.now += 60
+    out.notify([fired], [])
+    out.send_due()
+    assert len(post.posts) == 2  # re-sent after 60 s, not after the hour the wall clock went back
+    resolved = replace(fired, state=State.RESOLVED, resolved_at=wall.now)
+    out.notify([], [resolved])
+    out.send_due()
+    assert len(post.posts) == 3
+    for _, alerts in post.posts:
+        (sent,) = alerts
+        assert sent["startsAt"] == "1970-01-01T00:16:40.000Z"  # fired at 1000 s
+        assert sent["endsAt"] >= sent["startsAt"]
 
 
 def test_firing_is_sent_at_once_then_every_resend_interval() -> None:
