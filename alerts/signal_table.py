@@ -97,6 +97,7 @@ CACHE = (
     latest("redis_rejected_per_second", "redis", "redis_rejected_connections_per_second", PS),
     latest("redis_memory_used_ratio", "redis", "redis_memory_used_ratio", R),
     latest("redis_evicted_per_second", "redis", "redis_evicted_keys_per_second", PS),
+    latest("redis_oom_rejected_per_second", "redis", "redis_oom_rejected_commands_per_second", PS),
     latest("redis_hit_ratio", "redis", "redis_keyspace_hit_ratio", R),
     latest("redis_cpu_ratio", "redis", "redis_main_thread_cpu_utilization_ratio", R),
 )

@@ -213,21 +213,30 @@ CACHE_RULES = (
         when={
             "redis": all_of(
                 Compare("redis_memory_used_ratio", ">=", "memory_used_ratio"),
-                Compare("redis_evicted_per_second", ">", "evicted_per_second"),
+                any_of(
+                    Compare("redis_evicted_per_second", ">", "evicted_per_second"),
+                    # Under noeviction a full Redis refuses writes instead. Absent before Redis 6.2
+                    # (no INFO errorstats): evictions alone decide there.
+                    WhenPresent(Compare("redis_oom_rejected_per_second", ">", "oom_rejected_per_second")),
+                ),
             )
         },
-        thresholds=thresholds(memory_used_ratio=0.9, evicted_per_second=0),
+        thresholds=thresholds(memory_used_ratio=0.9, evicted_per_second=0, oom_rejected_per_second=0),
         for_seconds=60,
         keep_firing_seconds=120,
         summary="{target}: memory at {redis_memory_used_ratio} of maxmemory, evicting "
-        "{redis_evicted_per_second} keys",
+        "{redis_evicted_per_second} keys, refusing {redis_oom_rejected_per_second} commands (OOM)",
         remediation=(
-            "Redis is full and evicting keys to take new writes, so useful entries disappear and the "
-            "hit ratio (and the database behind it) suffers. First check what fills memory: keys "
-            "without a TTL, large values, or a dataset that outgrew the instance (MEMORY STATS, "
-            "--bigkeys). Set TTLs on cache keys and pick an eviction policy that fits (allkeys-lru for a "
-            "pure cache; volatile-* when some keys must never go). If the working set is legitimately "
-            "larger, raise maxmemory with the host's RAM in mind, or shard."
+            "Redis is full. Under an eviction policy it evicts keys to take new writes, so useful "
+            "entries disappear and the hit ratio (and the database behind it) suffers; under "
+            "maxmemory-policy noeviction (the default), or a volatile-* policy with nothing left to "
+            "evict, it refuses writes with an OOM error, which the apps see as failed requests. First "
+            "check what fills memory: keys without a TTL, large values, or a dataset that outgrew the "
+            "instance (MEMORY STATS, --bigkeys). For a pure cache, set TTLs on its keys and pick an "
+            "eviction policy that fits (allkeys-lru; volatile-* when some keys must never go); data that "
+            "must not be evicted (sessions, queues) keeps noeviction and needs TTLs, smaller values or "
+            "more memory. If the working set is legitimately larger, raise maxmemory with the host's "
+            "RAM in mind, or shard."
         ),
         root_cause=True,
     ),

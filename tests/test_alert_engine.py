@@ -40,6 +40,31 @@ def test_three_valued_conditions(condition: object, signals: dict[str, float], t
     assert condition.evaluate(signals, LIMITS) is truth  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("signals", "truth"),
+    [
+        ({"used": 1.02, "evicted": 0, "oom": 40}, True),  # noeviction: full and refusing writes
+        ({"used": 0.95, "evicted": 12, "oom": 0}, True),
+        ({"used": 0.95, "evicted": 12}, True),  # Redis before 6.2: no errorstats, evictions decide
+        ({"used": 0.95, "evicted": 0}, False),  # ... and are judged, not left unknown
+        ({"used": 0.95, "evicted": 0, "oom": 0}, False),
+        ({"used": 0.5, "evicted": 0, "oom": 40}, False),
+        ({"used": 0.95}, None),  # the first cycle: no rates yet
+    ],
+)
+def test_redis_memory_pressure_on_evictions_or_refused_writes(
+    signals: dict[str, float], truth: bool | None
+) -> None:
+    rule = next(rule for rule in RULES if rule.name == "RedisMemoryPressure")
+    names = {
+        "used": "redis_memory_used_ratio",
+        "evicted": "redis_evicted_per_second",
+        "oom": "redis_oom_rejected_per_second",
+    }
+    values = {names[key]: value for key, value in signals.items()}
+    assert rule.when["redis"].evaluate(values, rule.thresholds) is truth
+
+
 def verdicts_for(tree: str, tmp_path: Path) -> dict[str, Verdict]:
     first, second = cycles(tree, tmp_path)
     verdicts = classify({("host", "node-a"): (first, second)}, RULES, SIGNALS)

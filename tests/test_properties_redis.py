@@ -59,6 +59,7 @@ COUNTERS = (
     "used_cpu_sys_main_thread",
     "used_cpu_user_main_thread",
 )
+OOM_COUNTER = "errorstat_OOM"  # in the errorstats section (Redis 6.2 and later) as count=N
 # Field names the collector reads; the rest of an INFO page is only carried along.
 NUMERIC_FIELDS = (
     *COUNTERS,
@@ -147,6 +148,11 @@ def info_pages(draw: st.DrawFn, fault: str = "none", counters: Mapping[str, str]
     for field, values in TEXT_FIELDS.items():
         if field not in ("role", "run_id") and draw(st.booleans()):
             lines.append(f"{field}:{draw(st.sampled_from(values))}")
+    if draw(st.booleans()):  # Redis 6.2 and later; an empty section until an error happens
+        lines.append("# Errorstats")
+        refused = (counters or {}).get(OOM_COUNTER) or draw(number_text)
+        if draw(st.booleans()):
+            lines.append(f"{OOM_COUNTER}:{draw(mostly(st.just(f'count={refused}'), garbage))}")
     commands = draw(st.lists(st.sampled_from(COMMANDS), max_size=3, unique=True))
     lines.append("# Commandstats")
     lines += [f"cmdstat_{command}:{draw(cmdstat_text)}" for command in commands]
@@ -225,7 +231,7 @@ def advance(total: float, step: float) -> float:
 def rounds(draw: st.DrawFn) -> list[tuple[dict[Command, Reply], float]]:
     """Consecutive cycles (replies, seconds since the previous one) whose counters mostly grow, so
     that rates and the hit ratio are computed, by steps that are now and then odd numbers."""
-    totals: dict[str, float] = dict.fromkeys(COUNTERS, 0)
+    totals: dict[str, float] = dict.fromkeys((*COUNTERS, OOM_COUNTER), 0)
     cycles = []
     for _ in range(draw(st.integers(1, 3))):
         for counter, total in totals.items():

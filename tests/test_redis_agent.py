@@ -3,9 +3,16 @@ restarted server is picked up again without restarting the agent."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+import redis.exceptions as redis_errors
+
 from tests.fixtures.redis_server import RedisServers
+from tests.scenarios import LOAD_SECONDS, scenario_agent, wait_for_alerts
 from tests.support import AgentProcess, assert_promtool_accepts, value
 
 WRONG_PASSWORD = "wrong-agent-pass-3d1a"
@@ -77,3 +84,44 @@ def test_agent_recovers_when_the_server_comes_back(redis_servers: RedisServers, 
         agent.wait_for(lambda: up() == 1, "recovery")
         assert value(agent.metrics(), "tierwatch_redis_connected_clients", target="cache") == 1
     assert "collector redis/cache recovered" in agent.log()
+
+
+@pytest.fixture
+def refused_writer(redis_servers: RedisServers) -> Iterator[str]:
+    """A full Redis under noeviction (the default policy) and a writer whose SETs it keeps refusing
+    with OOM errors (bounded to LOAD_SECONDS); yields the server's URL."""
+    server = redis_servers.start("maxmemory 2mb", "maxmemory-policy noeviction")
+    stop = threading.Event()
+    refused = threading.Event()
+
+    def write() -> None:
+        with server.client() as client:
+            deadline, key = time.monotonic() + LOAD_SECONDS, 0
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    client.set(f"k{key}", b"x" * 1024)
+                except redis_errors.OutOfMemoryError:
+                    refused.set()
+                    time.sleep(0.01)  # full: keep being refused at a pace that leaves the cores free
+                key += 1
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    assert refused.wait(LOAD_SECONDS), "no write was refused"
+    yield server.url
+    stop.set()
+    thread.join()
+
+
+def test_full_redis_refusing_writes_under_noeviction_is_memory_pressure(
+    tmp_path: Path, refused_writer: str
+) -> None:
+    with scenario_agent(tmp_path, redis=[{"name": "sessions", "url": refused_writer}]) as agent:
+        alerts = wait_for_alerts(agent, {("RedisMemoryPressure", "sessions")})
+        metrics = agent.metrics()
+    evidence = alerts["RedisMemoryPressure"]["evidence"]
+    assert evidence["redis_memory_used_ratio"] >= 0.9
+    assert evidence["redis_evicted_per_second"] == 0
+    assert evidence["redis_oom_rejected_per_second"] > 0
+    assert evidence["because"] == ["redis_memory_used_ratio", "redis_oom_rejected_per_second"]
+    assert value(metrics, "tierwatch_redis_oom_rejected_commands_total", target="sessions") > 0

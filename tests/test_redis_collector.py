@@ -20,6 +20,8 @@ import redis.exceptions as redis_errors
 from redis.connection import AbstractConnection, Connection
 
 from agent.config.model import Config, RedisTarget, Secret
+from alerts.classifier import classify
+from alerts.table import RULES, SIGNALS
 from collectors.base import CollectorError, Reason, Sample
 from collectors.redis import RedisCollector, build, open_connection
 from tests.fixtures.redis_server import RedisServer, RedisServers
@@ -138,6 +140,34 @@ def test_evictions_counted_when_maxmemory_is_full(
     assert sample.get("redis_memory_used_ratio") == used / (2 * 1024 * 1024)
     assert sample.get("redis_memory_used_ratio") > 0.9
     assert sample.details["maxmemory_policy"] == "allkeys-lru"
+
+
+def test_full_noeviction_server_refusing_writes_is_memory_pressure(
+    redis_servers: RedisServers, make_collector: MakeCollector, clock: FakeClock
+) -> None:
+    # noeviction is Redis's default policy: a full server evicts nothing and refuses writes instead.
+    server = redis_servers.start("maxmemory 2mb", "maxmemory-policy noeviction")
+    collector = make_collector(server.url)
+    first = collector.collect()
+    assert first.get("redis_oom_rejected_commands_total") == 0
+    with server.client() as client:
+        pipe = client.pipeline(transaction=False)
+        for number in range(4000):  # 4 MB of values: about half are refused
+            pipe.set(f"filler:{number}", "v" * 1000)
+        replies = pipe.execute(raise_on_error=False)
+    refused = sum(isinstance(reply, redis_errors.OutOfMemoryError) for reply in replies)
+    assert refused > 0
+    clock.advance(2.0)
+    second = collector.collect()
+    assert second.get("redis_oom_rejected_commands_total") == refused
+    assert second.get("redis_oom_rejected_commands_per_second") == refused / 2.0
+    assert second.get("redis_evicted_keys_per_second") == 0
+    assert second.get("redis_memory_used_ratio") >= 0.9
+    assert second.details["maxmemory_policy"] == "noeviction"
+    verdicts = classify({("redis", "cache"): (first, second)}, RULES, SIGNALS)
+    (pressure,) = [verdict for verdict in verdicts if verdict.rule.name == "RedisMemoryPressure"]
+    assert pressure.truth is True
+    assert pressure.because == ("redis_memory_used_ratio", "redis_oom_rejected_per_second")
 
 
 def test_unlimited_maxmemory_has_no_ratio(redis_server: RedisServer, make_collector: MakeCollector) -> None:

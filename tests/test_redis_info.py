@@ -13,6 +13,7 @@ from collectors.redis.info import (
     busiest_commands,
     command_latencies,
     count_subscribers,
+    oom_errors,
     parse_info,
     slowlog_entries,
 )
@@ -111,6 +112,47 @@ def test_malformed_latencystats_and_cmdstat_are_parse_errors() -> None:
     assert raised.value.reason is Reason.PARSE
     with pytest.raises(CollectorError, match="not a list of name=value"):
         busiest_commands(parse_info("# Commandstats\r\ncmdstat_get:calls\r\n"), 10)
+
+
+# The tail of Redis 7.0's INFO all on a full noeviction server, and Redis 6.0's, which has no
+# errorstats section.
+ERRORSTATS_7_0 = """\
+# Stats\r
+evicted_keys:0\r
+total_error_replies:1971\r
+\r
+# Errorstats\r
+errorstat_ERR:count=3\r
+errorstat_OOM:count=1968\r
+\r
+# Cluster\r
+cluster_enabled:0\r
+"""
+STATS_6_0 = """\
+# Stats\r
+evicted_keys:0\r
+\r
+# Cluster\r
+cluster_enabled:0\r
+"""
+
+
+def test_oom_refusals_from_errorstats_and_absent_before_redis_6_2() -> None:
+    assert oom_errors(parse_info(ERRORSTATS_7_0)) == 1968
+    # The section lists only errors that happened: none refused yet is 0, not unknown.
+    assert oom_errors(parse_info("# Errorstats\r\nerrorstat_ERR:count=3\r\n")) == 0
+    assert oom_errors(parse_info("# Stats\r\nevicted_keys:0\r\n\r\n# Errorstats\r\n")) == 0
+    assert oom_errors(parse_info(STATS_6_0)) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("count=many", "errorstat_OOM: 'many' is not a number"), ("calls=3", "errorstat_OOM has no count")],
+)
+def test_malformed_oom_errorstat_is_a_parse_error(value: str, message: str) -> None:
+    with pytest.raises(CollectorError, match=message) as raised:
+        oom_errors(parse_info(f"# Errorstats\r\nerrorstat_OOM:{value}\r\n"))
+    assert raised.value.reason is Reason.PARSE
 
 
 def test_subscribers_counted_from_client_list() -> None:

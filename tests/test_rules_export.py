@@ -73,6 +73,11 @@ def promtool_test(tmp_path: Path, cases: list[dict[str, Any]]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def expect_alerts(tmp_path: Path, series: list[dict[str, str]], checks: list[dict[str, Any]]) -> None:
+    """promtool's alerts from the exported rules over ``series`` (15 s apart) at each check's eval_time."""
+    promtool_test(tmp_path, [{"interval": "15s", "input_series": series, "alert_rule_test": checks}])
+
+
 def test_memory_rule_fires_after_its_for_and_names_the_figures(tmp_path: Path) -> None:
     series = [
         {"series": 'tierwatch_host_memory_used_ratio{target="node-a"}', "values": "0.95x10"},
@@ -88,19 +93,14 @@ def test_memory_rule_fires_after_its_for_and_names_the_figures(tmp_path: Path) -
             "runbook_url": "docs/alerts/MemorySwapping.md",
         },
     }
-    promtool_test(
+    expect_alerts(
         tmp_path,
+        series,
         [
-            {
-                "interval": "15s",
-                "input_series": series,
-                "alert_rule_test": [
-                    {"eval_time": "45s", "alertname": "MemorySwapping", "exp_alerts": []},  # still pending
-                    {"eval_time": "75s", "alertname": "MemorySwapping", "exp_alerts": [firing]},
-                    # the swap traffic explains the disk: no DiskIOBound for either host
-                    {"eval_time": "75s", "alertname": "DiskIOBound", "exp_alerts": []},
-                ],
-            }
+            {"eval_time": "45s", "alertname": "MemorySwapping", "exp_alerts": []},  # still pending
+            {"eval_time": "75s", "alertname": "MemorySwapping", "exp_alerts": [firing]},
+            # the swap traffic explains the disk: no DiskIOBound for either host
+            {"eval_time": "75s", "alertname": "DiskIOBound", "exp_alerts": []},
         ],
     )
 
@@ -164,11 +164,23 @@ def _rule(name: str) -> Any:
     return next(rule for rule in RULES if rule.name == name)
 
 
+def fired(name: str, target: str, summary: str, **labels: str) -> dict[str, Any]:
+    """What promtool sees of the exported rule ``name`` firing for ``target`` (its default advice)."""
+    rule = _rule(name)
+    return {
+        "exp_labels": {"severity": rule.severity.value, "tier": rule.tier, "target": target, **labels},
+        "exp_annotations": {
+            "summary": summary,
+            "remediation": rule.remediation,
+            "runbook_url": f"docs/alerts/{name}.md",
+        },
+    }
+
+
 POOL_LABELS = '{target="pool",database="app",user="app"}'
 
 
 def test_connection_rule_fires_for_the_server_and_for_the_pooler(tmp_path: Path) -> None:
-    exhausted = _rule("ConnectionPoolExhaustion")
     series = [
         {"series": 'tierwatch_postgres_connections_used_ratio{target="main"}', "values": "0.95x10"},
         {"series": 'tierwatch_postgres_connections_used_ratio{target="replica"}', "values": "0.5x10"},
@@ -179,48 +191,80 @@ def test_connection_rule_fires_for_the_server_and_for_the_pooler(tmp_path: Path)
         {"series": "tierwatch_pgbouncer_longest_client_wait_seconds" + POOL_LABELS, "values": "2x10"},
     ]
 
-    def fired(collector: str, target: str, summary: str) -> dict[str, Any]:
-        labels = {"severity": "critical", "tier": "database", "target": target, "collector": collector}
-        return {
-            "exp_labels": labels,
-            "exp_annotations": {
-                "summary": summary,
-                "remediation": exhausted.remediation,
-                "runbook_url": "docs/alerts/ConnectionPoolExhaustion.md",
-            },
-        }
-
-    promtool_test(
+    expect_alerts(
         tmp_path,
+        series,
         [
             {
-                "interval": "15s",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "0s",
-                        "alertname": "ConnectionPoolExhaustion",
-                        "exp_alerts": [],
-                    },  # for 15 s
-                    {
-                        "eval_time": "30s",
-                        "alertname": "ConnectionPoolExhaustion",
-                        "exp_alerts": [
-                            fired(
-                                "postgres",
-                                "main",
-                                "main is running out of connections: 95% of the usable connections "
-                                "are in use",
-                            ),
-                            fired(
-                                "pgbouncer",
-                                "pool",
-                                "pool: 3 clients wait for a pooled server connection (longest 2s)",
-                            ),
-                        ],
-                    },
+                "eval_time": "0s",
+                "alertname": "ConnectionPoolExhaustion",
+                "exp_alerts": [],
+            },  # for 15 s
+            {
+                "eval_time": "30s",
+                "alertname": "ConnectionPoolExhaustion",
+                "exp_alerts": [
+                    fired(
+                        "ConnectionPoolExhaustion",
+                        "main",
+                        "main is running out of connections: 95% of the usable connections are in use",
+                        collector="postgres",
+                    ),
+                    fired(
+                        "ConnectionPoolExhaustion",
+                        "pool",
+                        "pool: 3 clients wait for a pooled server connection (longest 2s)",
+                        collector="pgbouncer",
+                    ),
                 ],
-            }
+            },
+        ],
+    )
+
+
+def test_redis_memory_rule_fires_on_refused_writes_and_on_evictions_without_errorstats(
+    tmp_path: Path,
+) -> None:
+    # "sessions": noeviction, full, refusing writes; "legacy": Redis before 6.2, no OOM series at all,
+    # evicting; "roomy": full but neither evicting nor refusing.
+    used, evicted, refused = (
+        "tierwatch_redis_memory_used_ratio",
+        "tierwatch_redis_evicted_keys_per_second",
+        "tierwatch_redis_oom_rejected_commands_per_second",
+    )
+    figures = {
+        "sessions": {used: 1.02, evicted: 0, refused: 50},
+        "legacy": {used: 0.95, evicted: 10},
+        "roomy": {used: 0.95, evicted: 0, refused: 0},
+    }
+    series = [
+        {"series": f'{metric}{{target="{target}"}}', "values": f"{number}x10"}
+        for target, values in figures.items()
+        for metric, number in values.items()
+    ]
+
+    expect_alerts(
+        tmp_path,
+        series,
+        [
+            {
+                "eval_time": "75s",
+                "alertname": "RedisMemoryPressure",
+                "exp_alerts": [
+                    fired(
+                        "RedisMemoryPressure",
+                        "legacy",
+                        "legacy: memory at 95% of maxmemory, evicting 10/s keys, refusing unknown "
+                        "commands (OOM)",
+                    ),
+                    fired(
+                        "RedisMemoryPressure",
+                        "sessions",
+                        "sessions: memory at 102% of maxmemory, evicting 0/s keys, refusing 50/s "
+                        "commands (OOM)",
+                    ),
+                ],
+            },
         ],
     )
 
@@ -312,41 +356,24 @@ def test_figures_of_quotients_and_maxima_are_filled_in(tmp_path: Path) -> None:
         },
     ]
 
-    def fired(name: str, severity: str, summary: str) -> dict[str, Any]:
-        return {
-            "exp_labels": {"severity": severity, "tier": "database", "target": "db"},
-            "exp_annotations": {
-                "summary": summary,
-                "remediation": _rule(name).remediation,
-                "runbook_url": f"docs/alerts/{name}.md",
-            },
-        }
-
     cpu_bound = (
         "db is CPU-bound: sessions on CPU are 120% of its 2 vCPUs (total load 270%, host CPU unknown); "
         "app tier CPU unknown"
     )
-    promtool_test(
+    expect_alerts(
         tmp_path,
+        series,
         [
             {
-                "interval": "15s",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "75s",
-                        "alertname": "DatabaseBound",
-                        "exp_alerts": [fired("DatabaseBound", "critical", cpu_bound)],
-                    },
-                    {
-                        "eval_time": "75s",
-                        "alertname": "ReplicationLagHigh",
-                        "exp_alerts": [
-                            fired("ReplicationLagHigh", "warning", "db: a replica is 40s behind the primary")
-                        ],
-                    },
-                ],
-            }
+                "eval_time": "75s",
+                "alertname": "DatabaseBound",
+                "exp_alerts": [fired("DatabaseBound", "db", cpu_bound)],
+            },
+            {
+                "eval_time": "75s",
+                "alertname": "ReplicationLagHigh",
+                "exp_alerts": [fired("ReplicationLagHigh", "db", "db: a replica is 40s behind the primary")],
+            },
         ],
     )
 
@@ -381,38 +408,21 @@ def test_one_alert_per_target_whatever_labels_the_scrape_adds(tmp_path: Path) ->
             point("postgres_blocked_sessions", f'target="db",{pod}', "9x20"),
         ]
 
-    def fired(name: str, tier: str, target: str, summary: str) -> list[dict[str, Any]]:
-        return [
-            {
-                "exp_labels": {"severity": "warning", "tier": tier, "target": target},
-                "exp_annotations": {
-                    "summary": summary,
-                    "remediation": _remediation(name),
-                    "runbook_url": f"docs/alerts/{name}.md",
-                },
-            }
-        ]
-
     disk = "node-a waits on disk: iowait 30%, busiest disk 95% busy, io stall unknown"
     locks = "db: sessions wait on locks: 3 sessions on average (90% of the DB load), 9 blocked"
-    promtool_test(
+    expect_alerts(
         tmp_path,
+        series,
         [
             {
-                "interval": "15s",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "150s",
-                        "alertname": "DiskIOBound",
-                        "exp_alerts": fired("DiskIOBound", "host", "node-a", disk),
-                    },
-                    {
-                        "eval_time": "150s",
-                        "alertname": "LockContention",
-                        "exp_alerts": fired("LockContention", "database", "db", locks),
-                    },
-                ],
-            }
+                "eval_time": "150s",
+                "alertname": "DiskIOBound",
+                "exp_alerts": [fired("DiskIOBound", "node-a", disk)],
+            },
+            {
+                "eval_time": "150s",
+                "alertname": "LockContention",
+                "exp_alerts": [fired("LockContention", "db", locks)],
+            },
         ],
     )

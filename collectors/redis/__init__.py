@@ -33,6 +33,7 @@ from collectors.redis.info import (
     busiest_commands,
     command_latencies,
     count_subscribers,
+    oom_errors,
     parse_info,
     slowlog_entries,
 )
@@ -187,6 +188,12 @@ class RedisCollector(Collector):
         evicted = info.number("evicted_keys")
         out.set("redis_evicted_keys_total", evicted)
         self._per_second(out, "redis_evicted_keys_per_second", (run, "evicted"), evicted, elapsed)
+        refused = oom_errors(info)
+        if refused is not None:
+            # Under noeviction (or a volatile-* policy with nothing left to evict) a full Redis evicts
+            # nothing: it refuses writes instead.
+            out.set("redis_oom_rejected_commands_total", refused)
+            self._per_second(out, "redis_oom_rejected_commands_per_second", (run, "oom"), refused, elapsed)
         out.set("redis_expired_keys_total", info.number("expired_keys"))
         if "maxmemory-policy" in settings:
             out.detail("maxmemory_policy", settings["maxmemory-policy"])

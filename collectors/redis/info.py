@@ -14,6 +14,7 @@ from collectors.base import CollectorError, Reason
 
 CMDSTAT_SECTION, CMDSTAT_PREFIX = "Commandstats", "cmdstat_"
 LATENCY_SECTION, LATENCY_PREFIX = "Latencystats", "latency_percentiles_usec_"
+ERRORSTAT_SECTION, OOM_ERRORSTAT = "Errorstats", "errorstat_OOM"
 # Slow-log arguments can hold user data; evidence needs the command and its key, not the values.
 SLOWLOG_TEXT_LIMIT = 40
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -121,6 +122,21 @@ def command_latencies(info: Info, commands: Sequence[str]) -> dict[tuple[str, st
             percentile = _number(name[1:], f"latencystats of {command}")
             latencies[(command, f"{percentile:g}")] = _number(usec, f"latencystats of {command}") / 1e6
     return latencies
+
+
+def oom_errors(info: Info) -> float | None:
+    """Commands refused with an OOM error (used memory over maxmemory) since start or CONFIG
+    RESETSTAT; None before Redis 6.2, whose INFO has no errorstats section."""
+    errorstats = info.sections.get(ERRORSTAT_SECTION)
+    if errorstats is None:
+        return None
+    raw = errorstats.get(OOM_ERRORSTAT)
+    if raw is None:
+        return 0.0  # the section lists only the errors that happened
+    count = parse_pairs(raw, OOM_ERRORSTAT).get("count")
+    if count is None:
+        raise _parse_error(f"INFO field {OOM_ERRORSTAT} has no count: {raw[:40]!r}")
+    return _number(count, OOM_ERRORSTAT)
 
 
 def count_subscribers(client_list: str) -> int:

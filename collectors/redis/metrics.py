@@ -19,6 +19,17 @@ REDIS_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("redis_memory_fragmentation_ratio", G, "Resident set size / used memory."),
     MetricSpec("redis_evicted_keys_total", C, "Keys evicted to stay within maxmemory."),
     MetricSpec("redis_evicted_keys_per_second", G, "Keys evicted per second over the last cycle."),
+    MetricSpec(
+        "redis_oom_rejected_commands_total",
+        C,
+        "Commands refused with an OOM error because used memory exceeded maxmemory (INFO errorstats, "
+        "Redis 6.2 and later).",
+    ),
+    MetricSpec(
+        "redis_oom_rejected_commands_per_second",
+        G,
+        "Commands refused with an OOM error per second over the last cycle (Redis 6.2 and later).",
+    ),
     MetricSpec("redis_expired_keys_total", C, "Keys removed because their TTL passed."),
     MetricSpec("redis_commands_processed_total", C, "Commands executed by the server."),
     MetricSpec("redis_keyspace_hits_total", C, "Key lookups that found the key."),
@@ -74,4 +85,5 @@ REDIS_READINGS: tuple[Reading, ...] = (
     Reading(S, "blocked", "redis_blocked_clients", Unit.COUNT),
     Reading(S, "evictions", "redis_evicted_keys_per_second", Unit.PER_SECOND),
     Reading(E, "rejected", "redis_rejected_connections_per_second", Unit.PER_SECOND),
+    Reading(E, "oom", "redis_oom_rejected_commands_per_second", Unit.PER_SECOND),
 )
