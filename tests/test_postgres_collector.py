@@ -253,6 +253,8 @@ def test_a_local_servers_host_cpu_counts_every_process(
         sample = collector.collect()
     assert sample.get("postgres_host_cpu_utilization_ratio") >= 0.9  # none of it PostgreSQL's
     assert sample.get("postgres_load_on_cpu_per_vcpu") < 0.5
+    collector.close()  # one session per role at a time (the module's watcher checks)
+    postgres_server.wait_for_no_monitor_connections()
     # A configured vcpus says the server is elsewhere (a tunnel, say): this host's CPU is not its.
     entry = {
         "name": "main",
