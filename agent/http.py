@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import select
 import selectors
 import socket
 import socketserver
+import sys
 import threading
+import time
 from collections.abc import Callable
 from email.parser import Parser
 from http import HTTPStatus
@@ -28,6 +32,9 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_LINE = 65536
 MAX_HEADERS = 100
 IDLE_TIMEOUT_SECONDS = 300.0
+# From a request's first byte (a new connection's accept) to the blank line ending its headers: a
+# per-read timeout alone let a client sending a byte now and then hold a connection slot for ever.
+HEAD_TIMEOUT_SECONDS = 10.0
 # Each open connection holds a thread (about 25 KiB resident) until it closes or idles out: past this
 # many at once, a newcomer gets a 503 and is closed, so that a client opening connections without end
 # cannot grow the agent on the host it watches. Prometheus keeps one per scraping server.
@@ -85,6 +92,14 @@ class AgentServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - sys.exc_info() has it
+        """socketserver's prints a traceback to stderr, past the logging set up (and its scrubbing)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # the client reset or left: Prometheus does at a scrape timeout
+            log.debug("HTTP connection ended: %s", error)
+        else:
+            log.error("HTTP request failed", exc_info=True)
+
     def _refuse(self, request: socket.socket) -> None:
         if not self._refusing:
             log.warning(
@@ -134,6 +149,30 @@ class _Handler(BaseHTTPRequestHandler):
     # sensible scrape interval, so Prometheus's kept-alive connection stays open between scrapes.
     timeout = IDLE_TIMEOUT_SECONDS
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: its reads wait the socket timeout each
+        self._reads = _ReadsByDeadline(self.connection)
+        self.rfile = io.BufferedReader(self._reads)
+
+    def handle(self) -> None:
+        """The standard library's loop, with a deadline for each request's head: a kept-alive
+        connection may wait the idle timeout for its next request, not for the rest of one."""
+        self.close_connection = True
+        self._reads.deadline = time.monotonic() + min(HEAD_TIMEOUT_SECONDS, self.timeout)
+        self.handle_one_request()
+        while not self.close_connection and self._next_request_began():
+            self._reads.deadline = time.monotonic() + HEAD_TIMEOUT_SECONDS
+            self.handle_one_request()
+
+    def _next_request_began(self) -> bool:
+        """Waits up to the idle timeout for a byte of the next request (pipelined ones are here)."""
+        self._reads.deadline = time.monotonic() + self.timeout
+        try:
+            return bool(self.rfile.peek(1))
+        except OSError:  # idled out, or the client reset: nothing to answer
+            return False
+
     def parse_request(self) -> bool:
         """The standard library's parse_request, but for the headers: it reads them with
         http.client.parse_headers, whose email feed parser costs more than the rest of a kept-alive
@@ -146,7 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         self.headers = headers
         connection = headers.get("Connection", "").lower()
-        if connection == "close":
+        # No endpoint reads a body: left unread, it would be parsed as the next request (RFC 9112 6.3).
+        self._body_unread = "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
+        if connection == "close" or self._body_unread:
             self.close_connection = True
         elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
             self.close_connection = False
@@ -246,18 +287,40 @@ class _Handler(BaseHTTPRequestHandler):
         if self.request_version == "HTTP/0.9":  # no status line, no headers: the body alone
             self.wfile.write(body)
             return
+        closing = "Connection: close\r\n" if self._body_unread else ""  # as send_error says it
         head = (
             f"{self.protocol_version} {status} {self.responses[status][0]}\r\n"
             f"Server: {self.version_string()}\r\n"
             f"Date: {self.date_time_string()}\r\n"
             f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"{closing}\r\n"
         )
         self.wfile.write(head.encode("latin-1") + (b"" if self.command == "HEAD" else body))
 
     def log_message(self, format: str, *args: object) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s - %s", self.address_string(), format % args)
+
+
+class _ReadsByDeadline(io.RawIOBase):
+    """A connection's reads, none waiting past ``deadline`` (monotonic). The socket's own timeout
+    stays the idle one, for writes."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._connection = connection
+        self._poll = select.poll()
+        self._poll.register(connection, select.POLLIN)
+        self.deadline = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wait = self.deadline - time.monotonic()
+        if wait <= 0 or not self._poll.poll(wait * 1000):
+            raise TimeoutError("timed out")
+        return self._connection.recv_into(buffer)
 
 
 def _version_number(version: str) -> tuple[int, int] | None:

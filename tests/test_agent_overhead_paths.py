@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +152,31 @@ def test_answers_equal_the_standard_librarys(servers: tuple[int, int], raw: byte
     assert exchange(ours, raw) == expected
 
 
+SMUGGLED = b"GET /metrics HTTP/1.1\r\n\r\n"
+BODIES = {
+    "content-length": b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+    "chunked": b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+def test_a_body_is_never_read_as_the_next_request(servers: tuple[int, int], body: bytes) -> None:
+    """The standard library leaves a body unread on the connection, where it was answered as a
+    request of its own (the GET inside it here, or a headerless 400 page for a chunk size line).
+    No endpoint reads one: the answer closes the connection, and says so."""
+    ours, _ = servers
+    answer = exchange(ours, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + body + GET)
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert answer.endswith(b"Content-Length: 3\r\nConnection: close\r\n\r\nok\n")
+
+
+def test_an_empty_body_keeps_the_connection(servers: tuple[int, int]) -> None:
+    ours, _ = servers
+    answer = exchange(ours, b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + GET)
+    assert answer.count(b"\r\n\r\nok\n") == 2
+    assert b"Connection" not in answer
+
+
 def test_head_answers_the_headers_of_get(servers: tuple[int, int]) -> None:
     ours, _ = servers
     got, head = (exchange(ours, f"{verb} /metrics HTTP/1.0\r\n\r\n".encode()) for verb in ("GET", "HEAD"))
@@ -168,6 +194,99 @@ def test_an_idle_connection_is_closed(servers: tuple[int, int], monkeypatch: pyt
         started = time.monotonic()
         assert connection.recv(1) == b""  # closed by the agent, not by this client's 10 s
     assert time.monotonic() - started < 5
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_at_its_deadline(
+    servers: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte comes well within the idle timeout, which bounded every read alone: 64 such
+    clients held every connection slot, and Prometheus got 503s."""
+    monkeypatch.setattr(agent.http, "HEAD_TIMEOUT_SECONDS", 0.5)
+    ours, _ = servers
+    with socket.create_connection(("127.0.0.1", ours), timeout=10) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\n")
+        cut_after = trickle(connection, 5)
+    assert cut_after is not None
+    assert cut_after < 3
+
+
+def trickle(connection: socket.socket, seconds: float) -> float | None:
+    """Sends a byte every 50 ms for up to ``seconds``: how long until the peer had closed, or None."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        try:
+            connection.sendall(b"X")
+        except OSError:  # reset or broken pipe
+            return elapsed
+        time.sleep(0.05)
+    return None
+
+
+def test_a_new_connection_has_the_head_deadline_to_send_its_request(
+    servers: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent.http, "HEAD_TIMEOUT_SECONDS", 0.3)
+    ours, _ = servers
+    with socket.create_connection(("127.0.0.1", ours), timeout=10) as connection:
+        started = time.monotonic()
+        assert connection.recv(1) == b""  # the idle timeout is 300 s
+    assert time.monotonic() - started < 5
+
+
+def test_a_kept_alive_connection_waits_the_idle_timeout_between_requests(
+    servers: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between scrapes the head deadline does not apply: Prometheus keeps its connection."""
+    monkeypatch.setattr(agent.http, "HEAD_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(_Handler, "timeout", 1.5)
+    ours, _ = servers
+    with socket.create_connection(("127.0.0.1", ours), timeout=10) as connection:
+        for _ in range(2):
+            connection.sendall(GET)
+            assert connection.recv(65536).endswith(b"\r\n\r\nok\n")
+            time.sleep(0.6)  # past the head deadline, within the idle timeout
+        started = time.monotonic()
+        assert connection.recv(1) == b""  # then idled out
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_that_resets_costs_a_debug_line_not_a_traceback(
+    servers: tuple[int, int], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """socketserver printed a traceback to stderr, past the agent's log format and scrubbing, for
+    every reset: Prometheus resets its connection when a scrape times out."""
+    ours, _ = servers
+    with caplog.at_level(logging.DEBUG, logger="tierwatch.http"):
+        with socket.create_connection(("127.0.0.1", ours), timeout=10) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\n")
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [record.getMessage() for record in caplog.records] == [
+        "HTTP connection ended: [Errno 104] Connection reset by peer"
+    ]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_failing_endpoint_is_logged_through_logging(
+    servers: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def broken() -> bytes:
+        raise RuntimeError("a bug in rendering")
+
+    monkeypatch.setattr(MetricsPage, "render", lambda _self: broken())
+    ours, _ = servers
+    with caplog.at_level(logging.ERROR, logger="tierwatch.http"):
+        assert exchange(ours, b"GET /metrics HTTP/1.1\r\n\r\n") == b""  # no answer, not a crash
+    (record,) = caplog.records
+    assert record.getMessage() == "HTTP request failed"
+    assert record.exc_info is not None
+    assert "a bug in rendering" in str(record.exc_info[1])
+    assert capsys.readouterr().err == ""
 
 
 def test_connections_past_the_limit_get_a_503_not_a_thread(
