@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -26,7 +28,7 @@ from collectors.app.process import ProcessUsage
 from collectors.app.scrape import Scraper
 from collectors.base import CollectorError, Reason
 from tests.fixtures.app_server import TRICKLE_INTERVAL, AppServer, LoadPlan, ServiceProxy, run_load
-from tests.support import free_port, start_python
+from tests.support import REPO, free_port, require_tool, running, start_python
 
 REQUESTS, LATENCY = "http_requests_total", "http_request_duration_seconds"
 
@@ -312,6 +314,73 @@ def test_process_cpu_and_memory_exclude_the_agent(burner: str) -> None:
     rss = sample.get("app_process_resident_memory_bytes")
     assert rss is not None
     assert rss > 1_000_000
+
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def start_burner_with_pid(tag: str, pid: int) -> subprocess.Popen[bytes]:
+    """A burner that the kernel gives ``pid``, as it hands out pids again once they wrap at pid_max."""
+    if not os.access(NS_LAST_PID, os.W_OK):
+        pytest.skip("choosing the next pid needs root (CAP_CHECKPOINT_RESTORE)")
+    for _ in range(100):  # other processes of the machine may take the pid first
+        NS_LAST_PID.write_text(str(pid - 1))
+        child = start_burner(tag)
+        if child.pid == pid:
+            return child
+        child.kill()
+        child.wait()
+    pytest.fail(f"pid {pid} was not handed out again")
+
+
+def test_a_reused_pid_is_not_taken_for_the_process_that_had_it() -> None:
+    """A worker that exits, then a new one given its pid within one cycle: the new worker started
+    within the cycle and used all its CPU time in it; subtracting the old worker's larger CPU time
+    left the cycle without a CPU value."""
+    tag = f"tierwatch-reused-{uuid.uuid4().hex[:8]}"
+    collector = AppCollector("shop-web", [ProcessUsage(tag)])
+    old = start_burner(tag)
+    with running(old):
+        collector.collect()
+        time.sleep(2.0)
+        collector.collect()  # the old worker's 2 s of CPU time are the base of the next delta
+    time.sleep(0.1)  # the new worker's start time must fall after this cycle's, known to 10 ms
+    new = start_burner_with_pid(tag, old.pid)
+    with running(new):
+        time.sleep(1.0)
+        sample = collector.collect()
+    assert sample.get("app_processes") == 1
+    cores = sample.get("app_process_cpu_cores")
+    assert cores is not None
+    assert 0.5 < cores <= 1.1
+
+
+def test_the_agent_does_not_match_itself_outside_its_pid_namespace() -> None:
+    """An agent in a container of its own PID namespace reading the host's procfs (no hostPID): its
+    os.getpid() is another process's pid there, and its own command line matched the pattern."""
+    unshare = require_tool("unshare", "/usr/bin/unshare")
+    tag = f"tierwatch-itself-{uuid.uuid4().hex[:8]}"
+    # Anchored at the interpreter: unshare's own command line holds the child's after "unshare".
+    pattern = f"^{re.escape(sys.executable)} -c # {tag}"
+    code = (
+        f"# {tag}\n"
+        "from collectors.app.metrics import APP_METRICS\n"
+        "from collectors.app.process import ProcessUsage\n"
+        "from collectors.base import SampleBuilder\n"
+        "import os, re\n"
+        "own = open('/proc/self/cmdline').read().rstrip('\\0').replace('\\0', ' ')\n"
+        f"matched = bool(re.search({pattern!r}, own))\n"
+        "out = SampleBuilder(APP_METRICS)\n"
+        f"ProcessUsage({pattern!r}).collect(out)\n"
+        "print(os.getpid(), matched, out.build('app', 'web', 0).get('app_processes'))\n"
+    )
+    command = [unshare, "--user", "--map-root-user", "--pid", "--fork", sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0 and "unshare failed" in result.stderr:
+        pytest.skip(f"no unprivileged PID namespaces here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    # The premises: pid 1 in its namespace, not its pid in the procfs it reads; the pattern matches it.
+    assert result.stdout.split() == ["1", "True", "0.0"]
 
 
 def test_histogram_quantile_follows_promql() -> None:
