@@ -380,7 +380,8 @@ def test_alertmanager_down_while_firing_gets_it_when_back(alertmanager: Alertman
     out.start()
     try:
         out.notify([alert(State.FIRING, since=time.time())], [])
-        time.sleep(1.5)  # a few failed attempts
+        # sent while it was down, and retried: what arrives later is a retry, not a first send
+        wait_until(lambda: out.deliveries().failed[0][1] >= 2, "two failed attempts", 5)
         alertmanager.start()
         wait_until(
             lambda: [a["labels"]["alertname"] for a in alertmanager.alerts()] == ["MemorySwapping"],

@@ -170,7 +170,10 @@ def test_password_file(tmp_path: Path) -> None:
 def test_a_password_file_that_is_not_text_is_named_not_quoted(tmp_path: Path) -> None:
     secret_file = tmp_path / "redis-password"
     secret_file.write_bytes(b"p\xe9ss\xff")
-    text = f"redis:\n  - name: r\n    url: redis://127.0.0.1:6379\n    password_file: {secret_file}\n"
+    # A port nobody listens on: a `check` that wrongly accepted the file must not reach this machine's
+    # own Redis on its default port.
+    url = f"redis://127.0.0.1:{free_port()}"
+    text = f"redis:\n  - name: r\n    url: {url}\n    password_file: {secret_file}\n"
     result = run_check(write(tmp_path, text))
     assert result.returncode == 2
     assert f"password_file {secret_file}: not UTF-8 text" in result.stderr

@@ -249,11 +249,20 @@ def test_quiet_system_raises_nothing_for_a_minute(
         "pgbouncer": pgbouncer_section(tmp_path, pgbouncer_server),
         "redis": [{"name": "sessions", "url": redis_server.url}],
     }
+    # A target that is down or missing has unknown signals, which raise nothing: quiet only counts
+    # while every target is collected.
+    targets = {("host", "node-a"), ("postgres", "main"), ("pgbouncer", "pool"), ("redis", "sessions")}
     with scenario_agent(tmp_path, **sections) as agent:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert active_alerts(agent) == [], agent.log()[-2000:]
+            assert collectors_up(agent) == dict.fromkeys(targets, 1), agent.log()[-2000:]
             time.sleep(1)
-        assert all(
-            value == 1 for (name, _), value in agent.metrics().items() if name == "tierwatch_collector_up"
-        )
+
+
+def collectors_up(agent: AgentProcess) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["collector"], dict(labels)["target"]): up
+        for (name, labels), up in agent.metrics().items()
+        if name == "tierwatch_collector_up"
+    }
