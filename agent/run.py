@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import signal
-import threading
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -113,24 +115,43 @@ class Pipeline:
 
 
 class Signals:
-    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread acts on them, not the handler."""
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread acts on them, not the handler.
+
+    The kernel hands a process's signal to any of its threads, and Python runs the handler only when
+    the main thread next runs Python code: one blocked on a lock never would, and the signal would
+    wait for the next one. So the main thread waits on a socket that the C-level handler writes to
+    (signal.set_wakeup_fd), whichever thread the signal reached."""
 
     def __init__(self) -> None:
-        self.wake = threading.Event()
+        self._woken, self._waker = socket.socketpair()
+        for end in (self._woken, self._waker):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._waker.fileno(), warn_on_full_buffer=False)
         self.stopping = False
         self.reloading = False
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
 
+    def wait(self) -> None:
+        """Until a signal comes. Its handler has run by the time the caller reads the flags: Python
+        runs pending handlers after a call returns, here the drain's."""
+        select.select([self._woken], [], [])
+        with contextlib.suppress(BlockingIOError):
+            while self._woken.recv(64):
+                pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._woken.close()
+        self._waker.close()
+
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         self.stopping = True
-        self.wake.set()
 
     def _reload(self, _signum: int, _frame: FrameType | None) -> None:
         self.reloading = True
-        self.wake.set()
 
 
 def reload(current: Pipeline, server: AgentServer, load: Callable[[], Config]) -> Pipeline:
@@ -167,11 +188,11 @@ def run_agent(config: Config, load: Callable[[], Config]) -> int:
     pipeline.start()
     log.info("serving http://%s/metrics every %g s", config.listen, config.interval)
     while not signals.stopping:
-        signals.wake.wait()
-        signals.wake.clear()
+        signals.wait()
         if signals.reloading and not signals.stopping:
             signals.reloading = False
             pipeline = reload(pipeline, server, load)
+    signals.close()
     server.stop()
     pipeline.stop()
     log.info("stopped")

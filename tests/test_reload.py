@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 from pathlib import Path
 
 import psutil
@@ -103,3 +106,32 @@ def test_a_configuration_only_built_leaves_psutils_procfs_alone(monkeypatch: pyt
         assert quiet_host()["procfs"] == psutil.PROCFS_PATH
     finally:
         pipeline.stop()
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}  # the syscall's number: the C library has no wrapper
+
+
+def signal_thread(pid: int, tid: int, signum: int) -> None:
+    """Sends ``signum`` to one thread of process ``pid``, as the kernel may pick any to deliver to."""
+    number = TGKILL.get(os.uname().machine)
+    if number is None:
+        pytest.skip(f"tgkill's syscall number on {os.uname().machine} is not known here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(number, pid, tid, signum) == 0, os.strerror(ctypes.get_errno())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_that_reaches_another_thread_is_acted_on(tmp_path: Path, signum: int) -> None:
+    """The kernel may deliver a process's signal to any thread; the main thread, blocked waiting for
+    one, must still wake up and act on it."""
+    config = {"interval": 0.5, "host": quiet_host()}
+    with AgentProcess(tmp_path, config) as agent:
+        assert agent.process is not None
+        pid = agent.process.pid
+        thread = next(int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid)
+        agent.config_path.write_text(yaml.safe_dump(config))
+        signal_thread(pid, thread, signum)
+        if signum == signal.SIGHUP:
+            agent.wait_for(lambda: "configuration reloaded" in agent.log(), "the reload", timeout=5.0)
+        else:
+            assert agent.process.wait(timeout=5) == 0
