@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.config import ConfigError
 from agent.config.loader import validate_config
@@ -295,6 +296,60 @@ def test_wrong_token_and_unreachable_server(tmp_path: Path, kube_api: KubeApiSer
     with pytest.raises(CollectorError) as error:
         build(config, config.kubernetes).collect()
     assert error.value.reason is Reason.UNREACHABLE
+
+
+PLUGIN = (
+    "import json, pathlib, sys\n"
+    "status = {'token': pathlib.Path(sys.argv[1]).read_text()}\n"
+    "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',"
+    " 'status': status}))\n"
+)
+
+
+@pytest.mark.parametrize("credential", ["tokenFile", "exec"])
+def test_a_rotated_token_is_used_at_the_first_401(
+    tmp_path: Path, kube_api: KubeApiServer, credential: str
+) -> None:
+    """A kubeconfig's tokenFile (a projected service-account token, rewritten before it expires) and an
+    exec plugin's token without an expirationTimestamp: the client reads either once, so the collector
+    stayed down with reason auth until the agent restarted. The call that meets the 401 now loads
+    the credentials anew and asks again."""
+    token_file = tmp_path / "token"
+    token_file.write_text("expired")
+    users = {
+        "tokenFile": {"tokenFile": str(token_file)},
+        "exec": {
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": sys.executable,
+                "args": ["-c", PLUGIN, str(token_file)],
+                "interactiveMode": "Never",
+            }
+        },
+    }
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
+    document = yaml.safe_load(kubeconfig.read_text())
+    document["users"][0]["user"] = users[credential]
+    kubeconfig.write_text(yaml.safe_dump(document))
+    section = {"enabled": True, "kubeconfig": str(kubeconfig), "namespace": NAMESPACE}
+    config = validate_config({"kubernetes": section})
+    collector = build(config, config.kubernetes)
+    with pytest.raises(CollectorError) as error:
+        collector.collect()
+    assert error.value.reason is Reason.AUTH
+    token_file.write_text(TOKEN)  # rotated
+    assert collector.collect().get("kubernetes_hpas") == 4
+    # Refused again, and the credentials cannot be loaded any more: still auth, saying why.
+    kubeconfig.unlink()
+    kube_api.fail("unauthorized")
+    with pytest.raises(CollectorError) as error:
+        collector.collect()
+    assert error.value.reason is Reason.AUTH
+    assert error.value.detail.startswith(
+        f"listing autoscaling/v2 horizontalpodautoscalers in namespace {NAMESPACE}: HTTP 401, then "
+        f"kubernetes: cannot use the kubeconfig {kubeconfig}"
+    )
+    collector.close()
 
 
 def test_metrics_of_one_name_are_told_apart_by_what_they_select(

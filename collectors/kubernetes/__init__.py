@@ -8,7 +8,7 @@ of MiB). Needs get/list on those four resources; docs/kubernetes.md has the RBAC
 from __future__ import annotations
 
 from agent.config.model import Config, KubernetesSection
-from collectors.kubernetes.api import KubeApi, new_api_client
+from collectors.kubernetes.api import KubeApi
 from collectors.kubernetes.collector import KubernetesCollector
 
 # The cycle reports its own timeout, naming the call that hung, before the scheduler gives up on it.
@@ -17,7 +17,7 @@ BUDGET_SHARE = 0.9
 
 def build(config: Config, section: KubernetesSection) -> KubernetesCollector:
     source = f"kubeconfig {section.kubeconfig}" if section.kubeconfig else "in-cluster service account"
-    api = KubeApi(new_api_client(section.kubeconfig), section.namespace)
+    api = KubeApi(section.kubeconfig, section.namespace)
     return KubernetesCollector(
         api, section.hpas, section.new_pod_window, BUDGET_SHARE * config.cycle_timeout, source
     )

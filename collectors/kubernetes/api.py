@@ -87,13 +87,32 @@ def _transport_failure(what: str, error: urllib3.exceptions.HTTPError, timeout: 
     return CollectorError(Reason.OTHER, f"{what}: {type(error).__name__}: {error}"[:MAX_DETAIL])
 
 
+class _Unauthorized(Exception):
+    def __init__(self, error: ApiException) -> None:
+        self.error = error
+
+
 class KubeApi:
-    def __init__(self, client: ApiClient, namespace: str) -> None:
+    def __init__(self, kubeconfig: Path | None, namespace: str) -> None:
         self.namespace = namespace
+        self._kubeconfig = kubeconfig
+        self._client = new_api_client(kubeconfig)
+        self._autoscaling = AutoscalingV2Api(self._client)
+        self._apps = AppsV1Api(self._client)
+        self._core = CoreV1Api(self._client)
+
+    def _renew_credentials(self, what: str) -> None:
+        """The client reads a kubeconfig's tokenFile once, and runs its exec plugin again only at an
+        expiry the plugin states: a token rotated since would be refused until the agent restarts.
+        After a 401 they are loaded anew, into a new client, as client-go does."""
+        try:
+            client = new_api_client(self._kubeconfig)
+        except ConfigError as error:
+            raise CollectorError(Reason.AUTH, f"{what}: HTTP 401, then {error}"[:MAX_DETAIL]) from None
+        self._client.close()
         self._client = client
-        self._autoscaling = AutoscalingV2Api(client)
-        self._apps = AppsV1Api(client)
-        self._core = CoreV1Api(client)
+        for api in (self._autoscaling, self._apps, self._core):
+            api.api_client = client
 
     def close(self) -> None:
         self._client.close()
@@ -133,6 +152,16 @@ class KubeApi:
         return _items(what, body)
 
     def _call(self, what: str, method: Any, deadline: float, **arguments: Any) -> Any:
+        try:
+            return self._request(what, method, deadline, arguments)
+        except _Unauthorized:
+            self._renew_credentials(what)
+        try:
+            return self._request(what, method, deadline, arguments)
+        except _Unauthorized as unauthorized:
+            raise _failure(what, unauthorized.error) from None
+
+    def _request(self, what: str, method: Any, deadline: float, arguments: dict[str, Any]) -> Any:
         timeout = deadline - time.monotonic()
         if timeout <= 0:
             raise CollectorError(Reason.TIMEOUT, f"{what}: the cycle's time budget is used up")
@@ -144,6 +173,8 @@ class KubeApi:
         except ApiException as error:
             if error.status == 404:
                 raise ObjectNotFound(_status_message(error.body)) from None
+            if error.status == 401:
+                raise _Unauthorized(error) from None
             raise _failure(what, error) from None
         except urllib3.exceptions.HTTPError as error:
             raise _transport_failure(what, error, timeout) from None
