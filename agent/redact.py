@@ -19,6 +19,7 @@ MASK = "***"
 MIN_SECRET_LENGTH = 3
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:\\.|[^'\\])*'|\S+)", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(://[^:/?#@\s]*:)([^@/?#\s]*)(@)")
+_UNENCODED_DELIMITERS = re.compile(r"[@/?#]")
 
 
 class Redactor:
@@ -57,11 +58,18 @@ def passwords_in(connection: str) -> Iterator[str]:
             yield value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
     if "://" in connection:
         parts = urlsplit(connection)
-        userinfo = parts.netloc.rpartition("@")[0]
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        if not at:
+            # A "/", "?" or "#" left unencoded in the password ends the host part before its "@":
+            # the user information then runs to the URL's last "@".
+            userinfo = connection.partition("://")[2].rpartition("@")[0]
         if ":" in userinfo:
             raw = userinfo.partition(":")[2]
             yield raw
             yield unquote(raw)
+            # Parsers cut such a password at its first unencoded @ / ? # and show the rest as a host,
+            # port or path (libpq reads u:p@ss@db as host ss@db): each piece is a secret of its own.
+            yield from _UNENCODED_DELIMITERS.split(raw)
         for key, value in parse_qsl(parts.query):
             if key.lower() == "password":
                 yield value

@@ -36,6 +36,9 @@ def register_secrets(config: Config) -> None:
             REDACTOR.register(passwords_in(connection))
             if entry.password is not None:
                 REDACTOR.register([entry.password.get_secret_value()])
+    for app in config.app:
+        if app.metrics_url is not None:
+            REDACTOR.register(passwords_in(app.metrics_url))
     for url in config.alertmanager.urls:
         REDACTOR.register(passwords_in(url))
 
