@@ -258,6 +258,10 @@ def test_pool_size_and_hpa(app_server: AppServer) -> None:
             {"metrics_url": "http://u:p@[bad/metrics", "requests_metric": REQUESTS},
             "metrics_url is not a URL",
         ),
+        (
+            {"metrics_url": "http://u:8081/Vb7n@app/metrics", "requests_metric": REQUESTS},
+            "metrics_url: the user name or password holds a '/'",
+        ),
     ],
 )
 def test_unusable_entries_are_refused(entry: dict[str, Any], message: str) -> None:

@@ -366,6 +366,16 @@ def test_alertmanager_urls_must_be_http_with_a_host(tmp_path: Path, url: str) ->
     assert "s3cret" not in str(error.value)
 
 
+def test_an_alertmanager_url_whose_password_an_unencoded_slash_cuts_short_is_refused(tmp_path: Path) -> None:
+    text = "alertmanager: {urls: ['http://admin:Zx9k/Qw3m@am:9093']}\n"
+    with pytest.raises(
+        ConfigError, match=re.escape("alertmanager.urls[0]: the user name or password")
+    ) as error:
+        load_config(write(tmp_path, text))
+    assert "Zx9k" not in str(error.value)
+    assert "Qw3m" not in str(error.value)
+
+
 def test_rule_overrides_from_environment() -> None:
     environ = {
         "TIERWATCH_RULES__DATABASEBOUND__FOR": "60",

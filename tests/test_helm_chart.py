@@ -492,6 +492,12 @@ def test_chart_secret_is_the_only_place_of_a_password(helm: str, tmp_path: Path)
         ({"postgres": [{"name": "a", "dsn": f"host=db user=u password={SENTINEL}"}]}, "holds a password"),
         ({"postgres": [{"name": "a", "dsn": f"postgresql://db/a?password={SENTINEL}"}]}, "holds a password"),
         ({"redis": [{"name": "a", "url": f"redis://:{SENTINEL}@cache:6379/0"}]}, "holds a password"),
+        # a "/" left unencoded in the password ends the URL's host part before its "@"
+        ({"postgres": [{"name": "a", "dsn": f"postgresql://u:x/{SENTINEL}@db/a"}]}, "holds a password"),
+        (
+            {"app": [{"name": "a", "metrics_url": f"http://u:8081/{SENTINEL}@app/metrics"}]},
+            "holds a password",
+        ),
         (
             {"app": [{"name": "a", "metrics_url": f"http://u:{SENTINEL}@app:8000/metrics"}]},
             "holds a password",
@@ -515,7 +521,11 @@ def test_unsafe_or_broken_values_are_refused(
 
 
 def test_alertmanager_credentials_never_reach_a_config_map(helm: str, tmp_path: Path) -> None:
-    url = f"http://admin:{SENTINEL}@alertmanager:9093"
+    for url in (f"http://admin:{SENTINEL}@alertmanager:9093", f"http://admin:x/{SENTINEL}@alertmanager:9093"):
+        check_alertmanager_url_refused(helm, tmp_path, url)
+
+
+def check_alertmanager_url_refused(helm: str, tmp_path: Path, url: str) -> None:
     for values in (
         {"config": {"alertmanager": {"urls": [url]}}},
         {"nodeAgent": {"config": {"alertmanager": {"urls": [url]}}}},

@@ -262,3 +262,13 @@ def test_an_unexpected_answer_at_connect_closes_the_connection_and_backs_off() -
     assert len(opened) == 1  # the second cycle falls within the backoff: no new connection
     assert opened[0].closed
     assert "next attempt in" in raised.value.detail
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://m:p@ssw0rd@db/x", "postgres://m:Zx9k/Qw3m@db/x"])
+def test_a_uri_password_cut_short_by_an_unencoded_character_is_refused(dsn: str) -> None:
+    """libpq would take the rest of the password for the host, and every error would quote it."""
+    with pytest.raises(ValueError, match="percent-encode") as error:
+        parse_dsn(dsn)
+    assert "ssw0rd" not in str(error.value)
+    assert "Qw3m" not in str(error.value)
+    assert parse_dsn("postgresql://m:p%40ss%2Fw@db/x")["password"] == "p@ss/w"

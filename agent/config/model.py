@@ -35,6 +35,21 @@ LIST_SECTIONS = ("postgres", "pgbouncer", "redis", "app")
 SECRET_SECTIONS = ("postgres", "pgbouncer", "redis")
 
 
+CUT_SHORT = (
+    "the user name or password holds a '/', '?' or '#' (or an '@' follows the host): "
+    "percent-encode them as %2F, %3F, %23, %40"
+)
+
+
+def userinfo_cut_short(url: str) -> bool:
+    """Whether an '@' of the URL falls after its host part. A '/', '?' or '#' left unencoded in a
+    password ends the user information early, and the rest of the password is read as the host, port
+    or path, which parsers' errors and the logs quote. A unix socket's path (after an empty host) may
+    hold an '@' of its own."""
+    parts = urlsplit(url)
+    return "@" in url and "@" not in parts.netloc and (bool(parts.netloc) or parts.scheme != "unix")
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message lists every problem found."""
 
@@ -201,6 +216,8 @@ class AlertmanagerSection(Section):
                 raise ValueError(f"urls[{position}]: not an http:// or https:// URL with a host") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"urls[{position}]: not an http:// or https:// URL with a host")
+            if userinfo_cut_short(url):
+                raise ValueError(f"urls[{position}]: {CUT_SHORT}")
         # Alertmanager refuses a whole post over one bad label, so every alert would be lost.
         for name, value in self.labels.items():
             if not LABEL_NAME.fullmatch(name) or name.startswith("__"):

@@ -13,7 +13,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from agent.config import ConfigError
-from agent.config.model import AppTarget, Config
+from agent.config.model import CUT_SHORT, AppTarget, Config, userinfo_cut_short
 from collectors.app.metrics import APP_METRICS, APP_READINGS
 from collectors.app.process import ProcessUsage
 from collectors.app.scrape import Scraper
@@ -83,6 +83,8 @@ def _check(entry: AppTarget) -> None:
         raise ConfigError(f"{where}: metrics_url is not a URL") from None
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"{where}: metrics_url must be an http:// or https:// URL with a host")
+    if userinfo_cut_short(entry.metrics_url):
+        raise ConfigError(f"{where}: metrics_url: {CUT_SHORT}")
     try:
         _ = url.port  # urlsplit checks the port only when it is read, as each scrape would
     except ValueError:

@@ -6,20 +6,25 @@ import math
 import os
 from collections.abc import Mapping
 from functools import partial
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from agent.config import ConfigError
-from agent.config.model import PgBouncerTarget, PostgresTarget
+from agent.config.model import CUT_SHORT, PgBouncerTarget, PostgresTarget, userinfo_cut_short
 from collectors.postgres.session import Connect
 
 APPLICATION_NAME = "tierwatch"
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
+URI_SCHEMES = ("postgresql://", "postgres://")
 
 
 def parse_dsn(dsn: str) -> dict[str, str]:
     """The DSN's parameters; the error never repeats the DSN, which may hold a password."""
+    # libpq ends a URI's user information at its first "@": the rest of such a password is the host.
+    if dsn.startswith(URI_SCHEMES) and (userinfo_cut_short(dsn) or urlsplit(dsn).netloc.count("@") > 1):
+        raise ValueError(f"dsn: {CUT_SHORT}")
     try:
         return {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
     except psycopg.ProgrammingError:

@@ -8,13 +8,12 @@ nothing beyond AUTH and CLIENT SETNAME, which keeps the least-privilege ACL shor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 
 import redis.exceptions as errors
 from redis.connection import AbstractConnection, Connection, SSLConnection, parse_url
 
 from agent.config import ConfigError
-from agent.config.model import RedisTarget
+from agent.config.model import CUT_SHORT, RedisTarget, userinfo_cut_short
 from collectors.backoff import Backoff
 from collectors.base import CollectorError, Reason
 
@@ -102,15 +101,8 @@ def _address(options: dict[str, object]) -> str:
 
 
 def _parse_url(url: str) -> dict[str, object]:
-    parts = urlsplit(url)
-    # A "/", "?" or "#" left unencoded in the password ends the URL's user information early: the
-    # rest of the password becomes the host and port, which redis-py's errors and our logs quote. A
-    # unix socket's path, after an empty host, may hold an "@" of its own.
-    if "@" in url and "@" not in parts.netloc and (parts.netloc or parts.scheme != "unix"):
-        raise ValueError(
-            "the user name or password holds a '/', '?' or '#' (or an '@' follows the host): "
-            "percent-encode them as %2F, %3F, %23, %40"
-        )
+    if userinfo_cut_short(url):
+        raise ValueError(CUT_SHORT)
     return parse_url(url)
 
 

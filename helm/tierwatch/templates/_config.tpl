@@ -24,7 +24,7 @@ Call with (dict "root" $ "extra" .Values.nodeAgent.config "where" "nodeAgent.con
 {{- end }}
 {{- end }}
 {{- range $url := dig "alertmanager" "urls" list $block }}
-{{- if regexMatch `://[^/@\s]*:[^/@\s]*@` (toString $url) }}
+{{- if regexMatch `://[^/@\s]*:[^@\s]*@` (toString $url) }}
 {{- fail (printf "%s.alertmanager.urls: a URL holds a password, which would land in the ConfigMap; the chart keeps no Alertmanager credentials in its Secret, so give a URL without them" $where) }}
 {{- end }}
 {{- end }}
@@ -113,7 +113,7 @@ ConfigMap.
 {{- if and (has $section (list "postgres" "pgbouncer")) (not $conn) }}
 {{- fail (printf "%s: set %s, or %s to read it from the Secret" $where $connField $connKeyField) }}
 {{- end }}
-{{- if regexMatch `://[^/@\s]*:[^/@\s]*@|(?i:(^|[\s?&])password\s*=)` $conn }}
+{{- if regexMatch `://[^/@\s]*:[^@\s]*@|(?i:(^|[\s?&])password\s*=)` $conn }}
 {{- fail (printf "%s: the %s holds a password; the chart keeps passwords out of the ConfigMap: %sput the whole %s in the Secret and set %s" $where $connField (ternary "use password/passwordKey, or " "" $hasPassword) $connField $connKeyField) }}
 {{- end }}
 {{- end }}
