@@ -26,7 +26,7 @@ from collectors.app import AppCollector, build
 from collectors.app.histogram import histogram_quantile
 from collectors.app.process import ProcessUsage
 from collectors.app.scrape import Scraper
-from collectors.base import CollectorError, Reason
+from collectors.base import CollectorError, Reason, Sample
 from tests.fixtures.app_server import TRICKLE_INTERVAL, AppServer, LoadPlan, ServiceProxy, run_load
 from tests.support import REPO, free_port, require_tool, running, start_python
 
@@ -283,6 +283,15 @@ def burner() -> Iterator[str]:
     child.wait()
 
 
+def one_busy_process(sample: Sample) -> float:
+    """The cores that the sample's one matched process, a burner using about a core, used."""
+    assert sample.get("app_processes") == 1
+    cores = sample.get("app_process_cpu_cores")
+    assert cores is not None
+    assert 0.5 < cores <= 1.1
+    return cores
+
+
 def test_a_worker_started_within_the_cycle_counts_all_its_cpu() -> None:
     """Servers that recycle workers (max_requests) start new ones all the time: a worker born since the
     last cycle used all of its CPU time within this one."""
@@ -297,10 +306,7 @@ def test_a_worker_started_within_the_cycle_counts_all_its_cpu() -> None:
     finally:
         worker.kill()
         worker.wait()
-    assert sample.get("app_processes") == 1
-    cores = sample.get("app_process_cpu_cores")
-    assert cores is not None
-    assert 0.5 < cores <= 1.1
+    one_busy_process(sample)
 
 
 def test_process_cpu_and_memory_exclude_the_agent(burner: str) -> None:
@@ -310,10 +316,7 @@ def test_process_cpu_and_memory_exclude_the_agent(burner: str) -> None:
     collector.collect()
     time.sleep(1.5)
     sample = collector.collect()
-    assert sample.get("app_processes") == 1
-    cores = sample.get("app_process_cpu_cores")
-    assert cores is not None
-    assert 0.5 < cores <= 1.1
+    cores = one_busy_process(sample)
     assert sample.get("app_process_cpu_ratio") == pytest.approx(cores / (os.cpu_count() or 1))
     rss = sample.get("app_process_resident_memory_bytes")
     assert rss is not None
@@ -353,10 +356,7 @@ def test_a_reused_pid_is_not_taken_for_the_process_that_had_it() -> None:
     with running(new):
         time.sleep(1.0)
         sample = collector.collect()
-    assert sample.get("app_processes") == 1
-    cores = sample.get("app_process_cpu_cores")
-    assert cores is not None
-    assert 0.5 < cores <= 1.1
+    one_busy_process(sample)
 
 
 def test_the_agent_does_not_match_itself_outside_its_pid_namespace() -> None:
